@@ -1,0 +1,68 @@
+"""Service settings from environment variables with the `RECON_` prefix (documented in README).
+
+One `Settings` object is read per process (`get_settings()`); tests build their own with
+overrides. Defaults give the embedded stack of DESIGN.md §3 under `./data`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECON_", extra="ignore")
+
+    # where the embedded stack keeps everything (Prefect SQLite db, filesystem store, caches)
+    data_dir: Path = Path("data")
+
+    # object store: "fs" (under data_dir/store) or "s3" (MinIO or any S3 endpoint)
+    storage: Literal["fs", "s3"] = "fs"
+    s3_endpoint: str = "localhost:9000"  # host:port, as the minio client wants it
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_secure: bool = False
+    s3_region: str | None = None
+    s3_bucket_prefix: str = ""  # prepended to the bucket names inputs/outputs/jobs/models
+
+    # compute
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model_cache_dir: Path | None = None  # default data_dir/model-cache
+
+    # API limits (spec: 20 MB per file, 200 MB per request)
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_request_bytes: int = 200 * 1024 * 1024
+    max_pixels: int = 4096 * 4096  # per image, against decompression bombs
+
+    # job lifecycle
+    retention_hours: float = 24.0 * 7
+    cancel_confirm_seconds: float = 3600.0
+    work_pool: str = "gpu"
+    deployment: str = "reconstruct/reconstruct"
+
+    # production-only API authentication and rate limiting (off when empty)
+    api_keys: str = ""  # comma-separated
+    rate_limit_per_minute: int = 0  # job submissions per client per minute; 0 = unlimited
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "model-cache"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
