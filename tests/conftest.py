@@ -1,0 +1,5 @@
+"""Shared pytest configuration: fixtures live in tests/fixtures/ modules, one per real service."""
+
+# Each fixture module is listed here once it exists (s3: moto server, prefect: server + worker,
+# api: the FastAPI app served by uvicorn).
+pytest_plugins: list[str] = []
