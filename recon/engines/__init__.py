@@ -6,6 +6,7 @@ ReconViaGen package) never breaks the others. Each engine module defines `ENGINE
 
     name: str
     version: str                       # bump when outputs change; reprocess reruns older results
+    weights: tuple[str, str] | None    # optional: (name, version) in the model store to load
     def unavailable_reason(device: str) -> str | None   # None when it can run on this host
     def load(weights_dir: Path | None, device: str) -> None   # idempotent; keeps weights resident
     def run(inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh
