@@ -4,3 +4,38 @@
 High-level helpers (render a TexturedMesh into cameras: colour, mask, depth, normals, face ids)
 live in `recon.render.views` and are written once against `RenderBackend`.
 """
+
+from __future__ import annotations
+
+from recon.render.base import RenderBackend
+
+_BACKENDS: dict[str, RenderBackend] = {}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def get_backend(device: str = "auto") -> RenderBackend:
+    """The backend for `device`: "cpu", "cuda" (nvdiffrast; raises if it cannot load), or "auto"
+    (cuda when torch sees a GPU, else cpu). Instances are cached: building one is not free on CUDA.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown render device {device!r} (auto, cpu or cuda)")
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    if device not in _BACKENDS:
+        if device == "cuda":
+            from recon.render.cuda import NvdiffrastBackend
+
+            _BACKENDS[device] = NvdiffrastBackend()
+        else:
+            from recon.render.cpu import CpuBackend
+
+            _BACKENDS[device] = CpuBackend()
+    return _BACKENDS[device]
+
+
+__all__ = ["RenderBackend", "get_backend"]

@@ -1,0 +1,254 @@
+"""CPU render backend: nvdiffrast's primitives with Embree visibility and torch interpolation.
+
+Why this shape: Embree (through embreex) finds the nearest triangle per pixel fast but is not
+differentiable, so it only answers "which triangle"; everything numeric (barycentrics, depth,
+interpolation, texture lookups) is recomputed in torch from the clip-space positions, so gradients
+reach `pos`, attributes and textures as they would with nvdiffrast.
+
+Differences from nvdiffrast (all documented, none affects the shared code paths):
+- Triangles with any vertex at w <= 0 (behind the camera) are dropped instead of clipped, and the
+  near/far planes are not clipped; our scenes never straddle the camera plane.
+- `texture` has no mip-mapping: mip-mapped filter modes fall back to bilinear; wrap boundary mode
+  is implemented exactly ('clamp' is also accepted).
+- `antialias` approximates nvdiffrast's analytic silhouette antialiasing by blending silhouette
+  pixels with their neighbours (see its docstring); it gives no gradient w.r.t. `pos`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from embreex import rtcore_scene
+from embreex.mesh_construction import TriangleMesh
+
+from recon.render.base import RenderBackend
+
+_MIN_W = 1e-8
+
+
+def _pixel_centres_ndc(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """NDC x, y of every pixel centre, row 0 at NDC y = -1 (nvdiffrast/OpenGL order)."""
+    xs = (2.0 * (np.arange(width, dtype=np.float64) + 0.5) / width - 1.0).astype(np.float32)
+    ys = (2.0 * (np.arange(height, dtype=np.float64) + 0.5) / height - 1.0).astype(np.float32)
+    return xs, ys
+
+
+@functools.lru_cache(maxsize=4)
+def _ray_origins(height: int, width: int) -> np.ndarray:
+    """(H*W, 3) float32 ray origins at z = -1 through every pixel centre, row-major (cached)."""
+    xs, ys = _pixel_centres_ndc(height, width)
+    origins = np.empty((height, width, 3), dtype=np.float32)
+    origins[..., 0] = xs[None, :]
+    origins[..., 1] = ys[:, None]
+    origins[..., 2] = -1.0
+    origins = origins.reshape(-1, 3)
+    origins.flags.writeable = False
+    return origins
+
+
+@functools.lru_cache(maxsize=4)
+def _ray_directions(count: int) -> np.ndarray:
+    dirs = np.zeros((count, 3), dtype=np.float32)
+    dirs[:, 2] = 1.0
+    dirs.flags.writeable = False
+    return dirs
+
+
+def _nearest_triangle(ndc: np.ndarray, tri: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Index of the nearest (smallest NDC z) triangle under each pixel centre, -1 for none.
+
+    One parallel ray per pixel along +z in NDC space: orthographic rays there are exactly the
+    perspective rays of the original camera. NDC z is remapped affinely (which keeps triangles
+    planar and the depth order) onto [0, 2] so Embree's float32 resolves close surfaces.
+    """
+    if len(tri) == 0:
+        return np.full(height * width, -1, dtype=np.int64)
+    used = ndc[tri.ravel()]
+    zmin, zmax = used[:, 2].min(), used[:, 2].max()
+    scene_vertices = ndc.copy()
+    scene_vertices[:, 2] = (ndc[:, 2] - zmin) * (2.0 / max(zmax - zmin, 1e-12))
+    scene = rtcore_scene.EmbreeScene()
+    TriangleMesh(scene=scene, vertices=scene_vertices.astype(np.float32), indices=tri.astype(np.int32))
+    origins = _ray_origins(height, width)
+    hit = scene.run(origins, _ray_directions(len(origins)))
+    return np.asarray(hit, dtype=np.int64)
+
+
+def _face_table(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """Per face (F, 12) float64: NDC (x0, y0) of vertex 0, the screen-space barycentric
+    gradients (a1, b1, a2, b2) so that s1 = a1 dx + b1 dy and s2 = a2 dx + b2 dy with
+    (dx, dy) = pixel - vertex 0, the vertices' 1/w and NDC z. Built in torch from `pos` so that
+    per-pixel barycentrics stay differentiable; per pixel only a gather and a few products remain.
+    """
+    corners = pos.double()[tri]  # [F, 3, 4]
+    w = corners[..., 3]
+    x, y, z = (corners[..., k] / w for k in range(3))
+    ex1, ey1 = x[:, 1] - x[:, 0], y[:, 1] - y[:, 0]
+    ex2, ey2 = x[:, 2] - x[:, 0], y[:, 2] - y[:, 0]
+    det = ex1 * ey2 - ex2 * ey1
+    det = torch.where(det.abs() < 1e-300, torch.full_like(det, 1e-300), det)
+    return torch.stack(
+        [x[:, 0], y[:, 0], ey2 / det, -ex2 / det, -ey1 / det, ex1 / det,
+         1.0 / w[:, 0], 1.0 / w[:, 1], 1.0 / w[:, 2], z[:, 0], z[:, 1], z[:, 2]],
+        dim=1,
+    )
+
+
+class CpuBackend(RenderBackend):
+    """The Embree + torch implementation of `RenderBackend` (see module docstring)."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    # -- rasterize ---------------------------------------------------------------------------
+    def rasterize(
+        self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]
+    ) -> torch.Tensor:
+        """nvdiffrast.rasterize: rast [B,H,W,4] = (u, v, z/w, triangle_id + 1)."""
+        height, width = int(resolution[0]), int(resolution[1])
+        if pos.dim() == 2:
+            pos = pos[None]
+        tri_long = tri.long()
+        tri_np = tri_long.detach().cpu().numpy()
+        outputs = []
+        for b in range(pos.shape[0]):
+            outputs.append(self._rasterize_one(pos[b], tri_long, tri_np, height, width))
+        return torch.stack(outputs, dim=0)
+
+    def _rasterize_one(
+        self, pos: torch.Tensor, tri: torch.Tensor, tri_np: np.ndarray, height: int, width: int
+    ) -> torch.Tensor:
+        pos_np = pos.detach().cpu().numpy().astype(np.float64)
+        w = pos_np[:, 3]
+        front = (w[tri_np] > _MIN_W).all(axis=1)
+        kept = np.nonzero(front)[0]
+        ndc = pos_np[:, :3] / np.where(w > _MIN_W, w, 1.0)[:, None]
+        hit_local = _nearest_triangle(ndc, tri_np[kept], height, width)
+        pix = np.nonzero(hit_local >= 0)[0]
+        if len(pix) == 0:
+            return torch.zeros(height, width, 4, dtype=torch.float32, device=pos.device)
+        face = torch.from_numpy(kept[hit_local[pix]])
+        pix_t = torch.from_numpy(pix)
+        xs, ys = _pixel_centres_ndc(height, width)
+        table = _face_table(pos, tri).T.contiguous().index_select(1, face)  # [12, N]
+        x0, y0 = table[0], table[1]
+        dx = (torch.from_numpy(xs.astype(np.float64))[pix_t % width] - x0).float()
+        dy = (torch.from_numpy(ys.astype(np.float64))[pix_t // width] - y0).float()
+        a1, b1, a2, b2, iw0, iw1, iw2, z0, z1, z2 = table[2:].float()
+        s1 = a1 * dx + b1 * dy
+        s2 = a2 * dx + b2 * dy
+        s0 = 1.0 - s1 - s2
+        # Perspective correction: weight the screen barycentrics by 1/w and renormalise.
+        p0, p1, p2 = s0 * iw0, s1 * iw1, s2 * iw2
+        denom = p0 + p1 + p2
+        zw = s0 * z0 + s1 * z1 + s2 * z2
+        rows = torch.stack([p0 / denom, p1 / denom, zw, (face + 1).float()], dim=0)
+        rast = torch.zeros(4, height * width, dtype=torch.float32).index_copy(1, pix_t, rows)
+        return rast.T.reshape(height, width, 4).to(pos.device)
+
+    # -- interpolate -------------------------------------------------------------------------
+    def interpolate(
+        self, attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor
+    ) -> torch.Tensor:
+        """nvdiffrast.interpolate (without pixel derivatives): [B,H,W,C], 0 on background."""
+        batch, height, width, _ = rast.shape
+        if attr.dim() == 2:
+            attr = attr[None].expand(batch, -1, -1)
+        tri = tri.long()
+        outs = []
+        for b in range(batch):
+            flat = rast[b].reshape(-1, 4)
+            tid = flat[:, 3].detach().long()
+            pix = torch.nonzero(tid > 0).squeeze(1)
+            out = torch.zeros(height * width, attr.shape[-1], dtype=attr.dtype, device=attr.device)
+            if len(pix):
+                face = tid[pix] - 1
+                # [F, 3, C] corner attributes, gathered once per covered pixel.
+                corners = attr[b][tri].index_select(0, face)
+                u = flat[pix, 0:1].to(attr.dtype)
+                v = flat[pix, 1:2].to(attr.dtype)
+                value = u * corners[:, 0] + v * corners[:, 1] + (1 - u - v) * corners[:, 2]
+                out = out.index_put((pix,), value)
+            outs.append(out.view(height, width, -1))
+        return torch.stack(outs, dim=0)
+
+    # -- texture -----------------------------------------------------------------------------
+    def texture(
+        self,
+        tex: torch.Tensor,
+        uv: torch.Tensor,
+        filter_mode: str = "linear",
+        boundary_mode: str = "wrap",
+    ) -> torch.Tensor:
+        """nvdiffrast.texture: uv (0, 0) is the corner of texel [0, 0]; texel centres at
+        ((j + 0.5) / W, (i + 0.5) / H). Bilinear ('linear', and the mip-mapped modes, which fall
+        back to it) or 'nearest'; boundary 'wrap' (nvdiffrast's default) or 'clamp'."""
+        if filter_mode not in ("nearest", "linear", "auto", "linear-mipmap-nearest",
+                               "linear-mipmap-linear"):
+            raise ValueError(f"unknown filter_mode {filter_mode!r}")
+        batch = uv.shape[0]
+        if tex.shape[0] == 1 and batch > 1:
+            tex = tex.expand(batch, -1, -1, -1)
+        th, tw = tex.shape[1], tex.shape[2]
+        img = tex.permute(0, 3, 1, 2)  # [B, C, Ht, Wt]
+        # Texel coordinates where texel centres are integers.
+        x = uv[..., 0] * tw - 0.5
+        y = uv[..., 1] * th - 0.5
+        if boundary_mode == "wrap":
+            x = torch.remainder(x + 0.5, tw) - 0.5
+            y = torch.remainder(y + 0.5, th) - 0.5
+            img = F.pad(img, (1, 1, 1, 1), mode="circular")
+            x, y, pw, ph = x + 1, y + 1, tw + 2, th + 2
+        elif boundary_mode == "clamp":
+            pw, ph = tw, th
+        else:
+            raise ValueError(f"unsupported boundary_mode {boundary_mode!r}")
+        # grid_sample with align_corners=True maps -1/+1 to the centres of the first/last texel.
+        grid = torch.stack([2 * x / (pw - 1) - 1, 2 * y / (ph - 1) - 1], dim=-1)
+        mode = "nearest" if filter_mode == "nearest" else "bilinear"
+        out = F.grid_sample(
+            img, grid.to(img.dtype), mode=mode, padding_mode="border", align_corners=True
+        )
+        return out.permute(0, 2, 3, 1)
+
+    # -- antialias ---------------------------------------------------------------------------
+    def antialias(
+        self, color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor
+    ) -> torch.Tensor:
+        """Approximate silhouette antialiasing (nvdiffrast's is analytic and differentiable
+        w.r.t. `pos`; this one is not).
+
+        Each pixel on a coverage boundary (it or one of its 4-neighbours is background while the
+        other is not, or the two show different triangles at depths that differ by more than
+        1e-3 in z/w) gets the mean of itself and its 4-neighbours, which softens the stair-steps
+        the way a 2-3 sample box filter would. Gradients still flow to `color`.
+        """
+        tid = rast[..., 3]
+        zw = rast[..., 2]
+        edge = torch.zeros_like(tid, dtype=torch.bool)
+        for dim in (1, 2):
+            a_id, b_id = tid.narrow(dim, 0, tid.shape[dim] - 1), tid.narrow(dim, 1, tid.shape[dim] - 1)
+            a_z, b_z = zw.narrow(dim, 0, zw.shape[dim] - 1), zw.narrow(dim, 1, zw.shape[dim] - 1)
+            cover = (a_id > 0) != (b_id > 0)
+            step = (a_id != b_id) & (a_id > 0) & (b_id > 0) & ((a_z - b_z).abs() > 1e-3)
+            diff = cover | step
+            shape_pad = list(diff.shape)
+            shape_pad[dim] = 1
+            zeros = torch.zeros(shape_pad, dtype=torch.bool, device=diff.device)
+            edge |= torch.cat([diff, zeros], dim=dim) | torch.cat([zeros, diff], dim=dim)
+        img = color.permute(0, 3, 1, 2)
+        padded = F.pad(img, (1, 1, 1, 1), mode="replicate")
+        blurred = (
+            img
+            + padded[:, :, :-2, 1:-1]
+            + padded[:, :, 2:, 1:-1]
+            + padded[:, :, 1:-1, :-2]
+            + padded[:, :, 1:-1, 2:]
+        ) / 5.0
+        blurred = blurred.permute(0, 2, 3, 1)
+        return torch.where(edge[..., None], blurred, color)

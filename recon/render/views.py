@@ -1,0 +1,114 @@
+"""Render a (textured) mesh into one rig camera: colour, mask, z-depth, face ids, normals.
+
+Written once against `RenderBackend`, so texturing (visibility), metrics, previews, engines and
+the bench see identical pixels on CPU and CUDA. Outputs are numpy arrays with image rows
+top-down (recon.rig convention); the backend's rows are bottom-up (OpenGL) and are flipped here.
+
+Texture convention: `uv` has v up (TexturedMesh / trimesh / glTF-after-flip) and `texture` row 0
+is the top of the image as stored in a PNG, so the lookup uses nvdiffrast uv (u, 1 - v).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recon.render.base import RenderBackend
+from recon.rig import Camera
+
+
+@dataclass
+class RenderedView:
+    """One rendered image; all arrays (H, W, ...) with row 0 at the top.
+
+    color: float32 RGB in [0, 1] with `background` outside the mask, or None without a texture.
+    mask: bool object pixels. depth: float32 z-depth along the camera axis, 0 on background.
+    face_id: int64 triangle index, -1 on background. normal: float32 unit world-space normal of
+    the visible triangle (from the face winding; zero on background).
+    """
+
+    color: np.ndarray | None
+    mask: np.ndarray
+    depth: np.ndarray
+    face_id: np.ndarray
+    normal: np.ndarray
+
+
+def clip_positions(camera: Camera, vertices: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """World vertices (V, 3) -> clip-space positions [1, V, 4] float32 for `camera`.
+
+    Differentiable when `vertices` is a tensor that requires grad (engines optimise through it).
+    """
+    mvp = torch.as_tensor(camera.mvp(), dtype=torch.float32)
+    v = torch.as_tensor(vertices, dtype=torch.float32)
+    mvp = mvp.to(v.device)
+    homo = torch.cat([v, torch.ones_like(v[:, :1])], dim=1)
+    return (homo @ mvp.T)[None]
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit normals (F, 3) from the winding (counter-clockwise = front); zero for degenerate faces."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    return (n / np.where(length > 0, length, 1.0)).astype(np.float32)
+
+
+def render_mesh(
+    backend: RenderBackend,
+    camera: Camera,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uv: np.ndarray | None = None,
+    texture: np.ndarray | None = None,
+    *,
+    background: float = 1.0,
+    filter_mode: str = "linear",
+) -> RenderedView:
+    """Render `vertices`/`faces` into `camera` at (camera.height, camera.width).
+
+    `uv` (V, 2) v-up and `texture` (T, T, 3) uint8 or float [0, 1] give `color`; background pixels
+    of `color` are `background` (white by default, like the service's inputs). No antialiasing:
+    every pixel shows exactly the triangle in `face_id` (callers that want smooth edges supersample).
+    """
+    device = backend.device
+    verts = np.asarray(vertices, dtype=np.float32)
+    tri = torch.as_tensor(np.ascontiguousarray(faces, dtype=np.int32), device=device)
+    pos = clip_positions(camera, verts).to(device)
+    with torch.no_grad():
+        rast = backend.rasterize(pos, tri, (camera.height, camera.width))
+        face_id = rast[0, ..., 3].long() - 1
+        mask = face_id >= 0
+        # z-depth interpolated perspective-correctly is exact on the triangle's plane; depth and
+        # uv share one interpolate call (one gather per pixel).
+        w2c = camera.w2c.astype(np.float32)
+        attrs = [torch.as_tensor(-(verts @ w2c[2, :3] + w2c[2, 3])[:, None], device=device)]
+        textured = uv is not None and texture is not None
+        if textured:
+            uv_t = torch.as_tensor(np.asarray(uv, dtype=np.float32), device=device)
+            attrs.append(torch.stack([uv_t[:, 0], 1.0 - uv_t[:, 1]], dim=1))
+        interp = backend.interpolate(torch.cat(attrs, dim=1), rast, tri)[0]
+        depth = interp[..., 0]
+        color = None
+        if textured:
+            pix_uv = interp[None, ..., 1:3].contiguous()
+            tex = torch.as_tensor(np.asarray(texture), device=device)
+            tex = tex.float() / 255.0 if tex.dtype == torch.uint8 else tex.float()
+            color = backend.texture(tex[None].contiguous(), pix_uv, filter_mode=filter_mode)[0]
+            color = torch.where(mask[..., None], color.clamp(0, 1), torch.full_like(color, background))
+
+    mask_np = mask.cpu().numpy()[::-1]
+    face_np = face_id.cpu().numpy()[::-1]
+    normals = face_normals(verts, np.asarray(faces))
+    normal_img = np.zeros(face_np.shape + (3,), dtype=np.float32)
+    normal_img[mask_np] = normals[face_np[mask_np]]
+    return RenderedView(
+        color=None if color is None else np.ascontiguousarray(color.cpu().numpy()[::-1]),
+        mask=np.ascontiguousarray(mask_np),
+        depth=np.ascontiguousarray(depth.cpu().numpy()[::-1]).astype(np.float32),
+        face_id=np.ascontiguousarray(face_np),
+        normal=normal_img,
+    )
