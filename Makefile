@@ -1,0 +1,37 @@
+# The README's two commands: `make run` (embedded stack + the bundled sample) and `make test`.
+# Both create the virtual environment on first use; later runs reuse it at once (stamp files).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+# pytest arguments, e.g. `make test PYTEST_ARGS="-k e2e -x"`
+PYTEST_ARGS ?=
+
+.PHONY: run test venv clean-data
+
+venv: $(VENV)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned to the CPU wheel that lies on this disk: installed later as a mere
+# dependency, pip would pick a multi-GB CUDA build from the index instead.
+$(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
+	$(BIN)/pip install torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.torch-$(TORCH_VERSION)
+	$(BIN)/pip install -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: venv
+	$(BIN)/python -m deployments.embedded
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Wipe the embedded stack's state (Prefect database, stored jobs, caches) under ./data.
+clean-data:
+	rm -rf data

@@ -1,0 +1,1 @@
+"""Deployment definitions, the embedded launcher and the process helpers they share."""
