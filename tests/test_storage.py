@@ -266,3 +266,13 @@ def test_s3_unreachable_endpoint_raises_storage_unavailable(tmp_path):
     with pytest.raises(StorageUnavailable):
         store.get_bytes("jobs/x/job.json")
     assert from_exception(StorageUnavailable("x")).code == "UNKNOWN_ERROR"
+
+
+def test_open_at_resumes_from_an_offset(store):
+    store.put_bytes("models/m/1/files/w.bin", bytes(range(256)) * 4)
+    with store.open_at("models/m/1/files/w.bin", 1000) as f:
+        assert f.read() == (bytes(range(256)) * 4)[1000:]
+    with store.open_at("models/m/1/files/w.bin", 0) as f:
+        assert len(f.read()) == 1024
+    with pytest.raises(ObjectNotFound):
+        store.open_at("models/m/1/files/missing.bin", 10)

@@ -77,6 +77,15 @@ class ObjectStore(ABC):
             shutil.copyfileobj(src, dst, 1024 * 1024)
         tmp.replace(path)
 
+    def open_at(self, key: str, offset: int) -> BinaryIO:
+        """Like open(), positioned at byte `offset` (for resumed downloads). Backends override it
+        with a seek or a ranged GET; this default reads and discards the first `offset` bytes."""
+        f = self.open(key)
+        remaining = offset
+        while remaining > 0 and (chunk := f.read(min(remaining, 1024 * 1024))):
+            remaining -= len(chunk)
+        return f
+
     def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         with self.open(key) as f:
             while chunk := f.read(chunk_size):

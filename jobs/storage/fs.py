@@ -84,6 +84,11 @@ class FilesystemStore(ObjectStore):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(key) from None
 
+    def open_at(self, key: str, offset: int) -> BinaryIO:
+        f = self.open(key)
+        f.seek(offset)
+        return f
+
     def stat(self, key: str) -> ObjectInfo:
         path = self.path_of(key)
         try:

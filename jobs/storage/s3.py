@@ -136,9 +136,13 @@ class S3Store(ObjectStore):
         return reader.count
 
     def open(self, key: str) -> BinaryIO:
+        return self.open_at(key, 0)
+
+    def open_at(self, key: str, offset: int) -> BinaryIO:
+        """A ranged GET from `offset` (offset must be below the object's size, as S3 requires)."""
         bucket, name = self._locate(key)
         with self._errors("get", key):
-            response = self.client.get_object(bucket, name)
+            response = self.client.get_object(bucket, name, offset=offset)
         return io.BufferedReader(_ObjectReader(response), buffer_size=1024 * 1024)  # type: ignore[return-value]
 
     def stat(self, key: str) -> ObjectInfo:
