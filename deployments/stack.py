@@ -175,3 +175,16 @@ def wait_worker_online(api_url: str, pool: str, proc: ManagedProcess, timeout: f
         return r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json())
 
     wait_until(online, timeout, f"a worker on pool '{pool}'", proc)
+
+
+def start_api(home: Path, api_url: str, host: str, port: int, log_dir: Path, env_extra: dict[str, str] | None = None,
+              name: str = "api", timeout: float = 90.0) -> ManagedProcess:
+    """`uvicorn api.app:app` with the stack's RECON_* settings; waits until /health answers."""
+    env = prefect_env(home, api_url, **(env_extra or {}))
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the API talks to Prefect over HTTP only
+    env.update(RECON_API_HOST=host, RECON_API_PORT=str(port))
+    proc = spawn(name, [bin_path("uvicorn"), "api.app:app", "--host", host, "--port", str(port),
+                        "--no-access-log"], env, log_dir)
+    wait_until(lambda: httpx.get(f"http://{host}:{port}/health", timeout=5).status_code in (200, 503), timeout,
+               f"the API's /health on port {port}", proc)
+    return proc
