@@ -138,7 +138,10 @@ class Interrupted(Exception):
     pass
 
 
-def test_interrupted_download_resumes_and_skips_verified_files(store, weights_dir, tmp_path):
+def test_interrupted_download_resumes_and_skips_verified_files(store, weights_dir, tmp_path, monkeypatch):
+    import jobs.models.cache
+
+    monkeypatch.setattr(jobs.models.cache, "REPORT_BYTES", MiB)  # report (and so interrupt) within a 3 MiB file
     publish(store, weights_dir, "tiny", "v1")
     cache = tmp_path / "cache"
     size = (weights_dir / "model.safetensors").stat().st_size
@@ -252,3 +255,19 @@ def test_publish_cli(backend, weights_dir, tmp_path, request):
     manifest = load_manifest(store, "tiny", "v3")
     assert manifest.required_vram_gb == 4.0 and manifest.frameworks["trellis"] == "0.2"
     assert {f.path for f in manifest.files} == {"model.safetensors", "config/pipeline.json"}
+
+
+def test_prepare_model_skips_the_vram_check_for_a_resident_model(store, weights_dir, tmp_path):
+    """The next job on a worker must not be refused because the resident weights of the previous
+    one now occupy the VRAM the check measures."""
+    publish(store, weights_dir, "tiny", "v7", required_vram_gb=100_000.0)
+    with pytest.raises(ServiceError) as err:  # no GPU here, or not one this big
+        prepare_model(store, "tiny", "v7", tmp_path / "cache", device="cuda")
+    assert err.value.code in ("GPU_UNAVAILABLE", "MODEL_VRAM_OOM")
+    path = ensure_cached(store, "tiny", "v7", tmp_path / "cache")
+    RESIDENT.get_or_load("tiny", "v7", "cuda", lambda: load_file(str(path / "model.safetensors")))
+    try:
+        prepared = prepare_model(store, "tiny", "v7", tmp_path / "cache", device="cuda")
+        assert prepared.device == "cuda" and prepared.cached.from_cache
+    finally:
+        RESIDENT.evict("tiny", "v7", "cuda")

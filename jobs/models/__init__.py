@@ -47,11 +47,19 @@ def prepare_model(
     progress: Progress | None = None,
 ) -> PreparedModel:
     """Manifest -> VRAM check -> cached, verified files, in that order: a model that cannot fit
-    fails before gigabytes are downloaded. A model already resident on the device skips the
-    VRAM check (its memory is already in use by itself)."""
+    fails before gigabytes are downloaded.
+
+    The VRAM check runs once per (name, version, device) in a process: after it passed, the engine
+    keeps the weights resident (engines' load() is idempotent, or RESIDENT holds them), and those
+    weights are what now fills the GPU; checking again would refuse the model because of itself."""
     manifest = load_manifest(store, name, version)
     resolved = resolve_device(device)
-    if not RESIDENT.contains(name, version, resolved):
+    key = (name, version, resolved)
+    if key not in _VRAM_CHECKED and not RESIDENT.contains(*key):
         resolved = check_vram(manifest, resolved)
+        _VRAM_CHECKED.add(key)
     cached = fetch_model(store, name, version, cache_dir, manifest=manifest, progress=progress)
     return PreparedModel(cached, resolved)
+
+
+_VRAM_CHECKED: set[tuple[str, str, str]] = set()

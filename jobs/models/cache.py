@@ -29,9 +29,10 @@ from jobs.storage import ObjectStore
 
 from .manifest import CHUNK, ModelFile, ModelManifest, file_key, load_manifest, model_failed, sha256_file
 
-# (bytes done, bytes total), called per file and per MiB downloaded; it may raise to abort (a
-# cancelled job) and should throttle anything expensive it does.
+# (bytes done, bytes total), called per file and every REPORT_BYTES downloaded; it may raise to
+# abort (a cancelled job).
 Progress = Callable[[int, int], None]
+REPORT_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -155,12 +156,14 @@ def _download(
             result.resumed_bytes += offset
         if offset < entry.size:
             with store.open_at(key, offset) as src, open(part, "ab") as dst:
+                reported = offset
                 while chunk := src.read(CHUNK):
                     dst.write(chunk)
                     digest.update(chunk)
                     result.downloaded_bytes += len(chunk)
-                    if report:
-                        report(dst.tell())
+                    if report and dst.tell() - reported >= REPORT_BYTES:
+                        reported = dst.tell()
+                        report(reported)
         size = part.stat().st_size
         if size == entry.size and digest.hexdigest() == entry.sha256:
             os.replace(part, target)
