@@ -1,0 +1,77 @@
+"""The FastAPI application: `create_app(settings)` for tests and the launcher, `app` for
+`uvicorn api.app:app`. Prefect is reached through PREFECT_API_URL (required: without it Prefect
+would start a private in-process server that no worker polls)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import anyio
+from fastapi import FastAPI
+
+from api.context import ApiContext
+from api.errors import install_error_handling
+from api.routes import cancel, download, health, status, submit
+from jobs.settings import Settings, get_settings
+from jobs.storage import get_store
+
+API_VERSION = "0.1.0"
+DESCRIPTION = ("Six calibrated views and six depth renders in, a textured 3D mesh out. Jobs run as Prefect flow "
+               "runs; poll GET /jobs/{job_id} and download the ZIP when the status is `completed`.")
+
+
+def _configure_logging() -> None:
+    """The api logger writes to stderr (with request ids) when the host configured nothing."""
+    logger = logging.getLogger("api")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _require_prefect_api() -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
+        raise RuntimeError("PREFECT_API_URL is not set: point the API at the Prefect server (see README)")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    _configure_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from prefect.client.orchestration import get_client
+
+        _require_prefect_api()
+        store = await anyio.to_thread.run_sync(get_store, settings)  # S3: creates the buckets
+        async with get_client() as client:
+            app.state.context = ApiContext(settings=settings, store=store, prefect=client)
+            yield
+
+    app = FastAPI(title="3D reconstruction API", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    for module in (health, submit, status, cancel, download):
+        app.include_router(module.router)
+    _install_security(app, settings)
+    install_error_handling(app)  # added last = outermost: request ids on every answer, 401/429 too
+    return app
+
+
+def _install_security(app: FastAPI, settings: Settings) -> None:
+    """API keys and rate limiting (api/auth.py); both are off unless RECON_API_KEYS is set."""
+    try:
+        from api.auth import install_security
+    except ModuleNotFoundError as exc:
+        if exc.name != "api.auth":
+            raise
+        return
+    install_security(app, settings)
+
+
+app = create_app()

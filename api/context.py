@@ -1,0 +1,47 @@
+"""What every route needs, created once per app in the lifespan: settings, the object store and
+one Prefect client (a pooled HTTP connection to the Prefect API).
+
+The object store is synchronous (filesystem or the minio client); routes call it through
+`ApiContext.io()` so that storage latency never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import anyio
+from fastapi import Request
+
+from jobs.settings import Settings
+from jobs.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
+    from api.job_view import JobViewCache
+
+T = TypeVar("T")
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    store: ObjectStore
+    prefect: "PrefectClient"
+    views: "JobViewCache" = field(init=False)
+
+    def __post_init__(self) -> None:
+        from api.job_view import JobViewCache
+
+        self.views = JobViewCache(self)
+
+    async def io(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking storage call in the thread pool."""
+        return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
+
+
+def get_context(request: Request) -> ApiContext:
+    """FastAPI dependency: the app's context (set by the lifespan in api.app)."""
+    return request.app.state.context

@@ -1,0 +1,209 @@
+"""A job as the API reports it: the job record (object store) + its flow run's state + the
+progress artifacts, combined per DESIGN.md §4. Status, cancel and download all start from here.
+
+GET /jobs/{id} is polled by many clients at once, and each view costs one storage read and two
+Prefect API requests. `JobViewCache` therefore keeps a view for `STATUS_CACHE_SECONDS` and lets
+concurrent requests for the same job share one lookup (single flight); a state change is visible
+within that second, far below the spec's polling interval of 5 s or more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from jobs.errors import ServiceError
+from jobs.orchestration import (
+    SPEC_STATE_NAMES,
+    JobProgress,
+    JobStatus,
+    ModelRow,
+    find_flow_run,
+    job_status,
+    read_job_progress,
+    state_label,
+)
+from jobs.record import JobRecord, load_record
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
+    from api.context import ApiContext
+
+STATUS_CACHE_SECONDS = 1.0
+_ROW_STATUS = {"pending": "queued", "running": "processing"}  # table row words -> job words
+
+
+@dataclass
+class JobView:
+    record: JobRecord
+    run: "FlowRun | None"
+    status: JobStatus
+    progress: int
+    current_model: str | None
+    updated_at: datetime
+    error: dict[str, Any] | None
+    models: list[dict[str, Any]]
+    state_name: str  # Prefect's state name, e.g. "Late", "Running", "Crashed"
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+    @property
+    def spec_state(self) -> str:
+        """The state as the spec's examples name it (PENDING, PROGRESS, SUCCESS, FAILURE, REVOKED)."""
+        return SPEC_STATE_NAMES[self.status]
+
+    def status_body(self) -> dict[str, Any]:
+        """GET /jobs/{job_id}: exactly the spec's fields, plus `models` for model_type both."""
+        body: dict[str, Any] = {
+            "job_id": self.job_id,
+            "status": self.status,
+            "progress": self.progress,
+            "current_model": self.current_model,
+            "created_at": iso(self.record.created_at),
+            "updated_at": iso(self.updated_at),
+            "error": self.error,
+        }
+        if len(self.record.models) > 1:
+            body["models"] = self.models
+        return body
+
+
+def aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def iso(value: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as the spec's examples write times."""
+    return aware(value).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stage_details(record: JobRecord, progress: JobProgress) -> dict[str, Any]:
+    """Which model and pipeline stage a run was in when it stopped (from the models table)."""
+    rows = progress.models or []
+    active = [r for r in rows if r.get("status") in ("running", "failed")]
+    row = active[-1] if active else (rows[-1] if rows else None)
+    details: dict[str, Any] = {"job_id": record.job_id}
+    if row is not None:
+        details["model"] = row.get("model")
+        details["pipeline_stage"] = row.get("stage")
+    return details
+
+
+def failure_error(record: JobRecord, run: "FlowRun | None", progress: JobProgress) -> dict[str, Any]:
+    """The error object of a failed job: the one the flow recorded, else one made from the run's
+    final state (a crashed worker or a timeout never reaches the flow's own error handling)."""
+    if record.error:
+        return record.error
+    state = run.state if run is not None else None
+    name = state_label(state)
+    details = {**_stage_details(record, progress), "state": name}
+    reason = (state.message or "").strip() if state is not None else ""
+    if name == "TimedOut":
+        message = "The job exceeded its time limit"
+    elif name == "Crashed":
+        message = "The worker running the job stopped unexpectedly"
+    else:
+        message = "The job failed"
+    if reason:
+        details["reason"] = reason[:500]
+    return ServiceError("MODEL_FAILED", message, details).to_error_object()
+
+
+def _model_rows(record: JobRecord, status: JobStatus, progress: JobProgress, error: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-model status for model_type both: one row per engine, in run order."""
+    by_model: dict[str, ModelRow] = {r.get("model", ""): r for r in progress.models or []}
+    rows = []
+    for model in record.models:
+        row = by_model.get(model, {})
+        row_status = _ROW_STATUS.get(str(row.get("status", "pending")), str(row.get("status", "pending")))
+        if status == "completed":
+            row_status = "completed"
+        elif status in ("failed", "cancelled") and row_status in ("queued", "processing"):
+            row_status = status
+        row_progress = 100 if row_status == "completed" else int(row.get("progress") or 0)
+        row_error = row.get("error")
+        if row_status == "failed" and not row_error and error and (error.get("details") or {}).get("model") == model:
+            row_error = error
+        rows.append({"model": model, "status": row_status, "progress": max(0, min(100, row_progress)),
+                     "error": row_error if row_status == "failed" else None})
+    return rows
+
+
+def build_view(record: JobRecord, run: "FlowRun | None", progress: JobProgress) -> JobView:
+    state = run.state if run is not None else None
+    status = job_status(state)
+    if status == "completed":
+        percent = 100
+    elif status == "queued":
+        percent = 0
+    else:
+        percent = progress.progress or 0
+    error = failure_error(record, run, progress) if status == "failed" else None
+    current = progress.current_model
+    if current is None and status == "processing" and record.models:
+        current = record.models[0]
+    times = [record.updated_at]
+    if state is not None and state.timestamp is not None:
+        times.append(state.timestamp)
+    return JobView(
+        record=record, run=run, status=status, progress=percent, current_model=current,
+        updated_at=max(aware(t) for t in times),
+        error=error, models=_model_rows(record, status, progress, error), state_name=state_label(state),
+    )
+
+
+class JobViewCache:
+    """Short-lived, single-flight cache of job views (see module docstring)."""
+
+    def __init__(self, ctx: "ApiContext") -> None:
+        self.ctx = ctx
+        self._views: dict[str, tuple[float, JobView]] = {}
+        self._inflight: dict[str, asyncio.Future[JobView | None]] = {}
+
+    def invalidate(self, job_id: str) -> None:
+        self._views.pop(job_id, None)
+
+    async def get(self, job_id: str, *, fresh: bool = False) -> JobView | None:
+        """The job's view, or None when no record exists. `fresh` bypasses the cache (cancel and
+        download decide on the current state)."""
+        now = time.monotonic()
+        if not fresh:
+            hit = self._views.get(job_id)
+            if hit is not None and now - hit[0] < STATUS_CACHE_SECONDS:
+                return hit[1]
+            pending = self._inflight.get(job_id)
+            if pending is not None:
+                return await asyncio.shield(pending)
+        future: asyncio.Future[JobView | None] = asyncio.get_running_loop().create_future()
+        if not fresh:
+            self._inflight[job_id] = future
+        try:
+            view = await self._load(job_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            if self._inflight.get(job_id) is future:
+                del self._inflight[job_id]
+        future.set_result(view)
+        if view is not None:
+            self._views[job_id] = (time.monotonic(), view)
+            if len(self._views) > 10_000:  # bound memory: drop the oldest half
+                for key in sorted(self._views, key=lambda k: self._views[k][0])[:5_000]:
+                    self._views.pop(key, None)
+        return view
+
+    async def _load(self, job_id: str) -> JobView | None:
+        record = await self.ctx.io(load_record, self.ctx.store, job_id)
+        if record is None:
+            return None
+        run = await find_flow_run(self.ctx.prefect, job_id, record.flow_run_id)
+        progress = await read_job_progress(self.ctx.prefect, job_id) if run is not None else JobProgress()
+        return build_view(record, run, progress)

@@ -1,0 +1,1 @@
+"""One module per endpoint group: health, submit, status, cancel, download."""
