@@ -1,0 +1,108 @@
+"""Production API keys and the submission rate limit (api/auth.py) on the real API: uvicorn in a
+subprocess with RECON_API_KEYS and RECON_RATE_LIMIT_PER_MINUTE set, against the real Prefect server;
+valid submissions go to a deployment no worker polls, so they stay queued."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.fixtures.api import IDLE_POOL, ApiServer, job_files, register_idle_deployment, start_api
+
+KEY_A = "test-key-alpha-0123456789"
+KEY_B = "test-key-bravo-9876543210"
+LIMIT = 2
+ERROR_FIELDS = {"code", "message", "details", "suggestion"}
+
+
+@pytest.fixture(scope="module")
+def secured_api(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    deployment = register_idle_deployment(prefect_server)
+    data_dir = tmp_path_factory.mktemp("auth-api-data")
+    env = {
+        "RECON_DATA_DIR": str(data_dir),
+        "RECON_STORAGE": "fs",
+        "RECON_DEVICE": "cpu",
+        "RECON_DEPLOYMENT": deployment,
+        "RECON_WORK_POOL": IDLE_POOL,
+        "RECON_API_KEYS": f" {KEY_A} , {KEY_B} ",  # whitespace around keys is ignored
+        "RECON_RATE_LIMIT_PER_MINUTE": str(LIMIT),
+    }
+    server = start_api(prefect_server, env, data_dir / "logs", name="auth-api")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(secured_api: ApiServer) -> Iterator[httpx.Client]:
+    with secured_api.client() as c:
+        yield c
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == ERROR_FIELDS, body
+    assert body["error"]["code"] == code
+    assert body["error"]["message"] and body["error"]["suggestion"]
+    return body["error"]
+
+
+def test_requests_without_a_key_get_401_in_the_error_envelope(client: httpx.Client) -> None:
+    response = client.get("/jobs/abcd1234")
+    error = assert_error(response, 401, "UNAUTHORIZED")
+    assert error["details"] == {"reason": "missing"}
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert_error(client.post("/jobs/abcd1234/cancel"), 401, "UNAUTHORIZED")
+    assert_error(client.get("/jobs/abcd1234/download"), 401, "UNAUTHORIZED")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-API-Key": "not-a-key"},
+        {"Authorization": "Bearer not-a-key"},
+        {"Authorization": f"Basic {KEY_A}"},  # right secret, wrong scheme
+        {"X-API-Key": KEY_A[:-1]},  # a prefix of a real key
+    ],
+)
+def test_wrong_keys_get_401(client: httpx.Client, headers: dict[str, str]) -> None:
+    error = assert_error(client.get("/jobs/abcd1234", headers=headers), 401, "UNAUTHORIZED")
+    assert error["details"]["reason"] in {"invalid", "missing"}
+
+
+@pytest.mark.parametrize("headers", [{"X-API-Key": KEY_A}, {"Authorization": f"Bearer {KEY_B}"}])
+def test_the_right_key_reaches_the_api(client: httpx.Client, headers: dict[str, str]) -> None:
+    assert_error(client.get("/jobs/abcd1234", headers=headers), 404, "JOB_NOT_FOUND")
+
+
+def test_health_and_docs_stay_open(client: httpx.Client) -> None:
+    health = client.get("/health")
+    assert health.status_code in (200, 503), health.text  # 503 only if a dependency is down, never 401
+    assert health.json()["status"] in ("healthy", "unhealthy")
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 200
+
+
+def test_submissions_are_rate_limited_per_client(client: httpx.Client) -> None:
+    a = {"X-API-Key": KEY_A}
+    for _ in range(LIMIT):
+        accepted = client.post("/jobs", headers=a, files=job_files())
+        assert accepted.status_code in (200, 201, 202), accepted.text
+        assert accepted.json()["job_id"]
+    limited = client.post("/jobs", headers=a, files=job_files())
+    error = assert_error(limited, 429, "RATE_LIMITED")
+    retry_after = int(limited.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    assert error["details"] == {"limit_per_minute": LIMIT, "retry_after_seconds": retry_after}
+    # Reads are not submissions, and another client has its own window.
+    assert_error(client.get("/jobs/abcd1234", headers=a), 404, "JOB_NOT_FOUND")
+    other = client.post("/jobs", headers={"Authorization": f"Bearer {KEY_B}"}, files=job_files())
+    assert other.status_code in (200, 201, 202), other.text
+    # Unauthenticated submissions are refused before they could use up anyone's window.
+    assert_error(client.post("/jobs", files=job_files()), 401, "UNAUTHORIZED")
