@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from deployments.docker_pool import DOCKER_POOL
 from jobs.orchestration import WORK_POOL
 
 MAINTENANCE_POOL = "maintenance"
@@ -62,6 +63,15 @@ DEPLOYMENTS: tuple[DeploymentDef, ...] = (
         work_pool=WORK_POOL,
         description="One reconstruction job: validate -> load_weights -> inference -> export -> metrics per model.",
         tags=("recon",),
+    ),
+    DeploymentDef(
+        name="reconstruct-docker",
+        entrypoint="flows/reconstruct.py:reconstruct",
+        work_pool=DOCKER_POOL,
+        description="Production (infra/): one reconstruction job in its own container with one GPU, on the Docker pool.",
+        tags=("recon",),
+        embedded=False,
+        pull_directory="/app",  # the source folder of infra/Dockerfile.gpu
     ),
     DeploymentDef(
         name="cleanup",
