@@ -271,3 +271,21 @@ def test_prepare_model_skips_the_vram_check_for_a_resident_model(store, weights_
         assert prepared.device == "cuda" and prepared.cached.from_cache
     finally:
         RESIDENT.evict("tiny", "v7", "cuda")
+
+
+def test_partial_file_longer_than_a_truncated_stored_object(store, weights_dir, tmp_path):
+    """A stored object shorter than the partial download (S3 refuses the ranged read there) and a
+    stored object missing altogether both end as MODEL_FAILED naming the file."""
+    publish(store, weights_dir, "tiny", "v1")
+    key = file_key("tiny", "v1", "model.safetensors")
+    store.put_bytes(key, store.get_bytes(key)[: 2 * MiB])
+    folder = tmp_path / "cache" / "tiny" / "v1"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors.part").write_bytes(b"\x00" * (2 * MiB + 10))
+    with pytest.raises(ServiceError) as err:
+        fetch_model(store, "tiny", "v1", tmp_path / "cache")
+    assert err.value.code == "MODEL_FAILED" and err.value.details["file"] == "model.safetensors"
+    store.delete(key)
+    with pytest.raises(ServiceError) as err:
+        fetch_model(store, "tiny", "v1", tmp_path / "cache")
+    assert err.value.code == "MODEL_FAILED" and "missing from the store" in err.value.message

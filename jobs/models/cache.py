@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import BinaryIO, Callable, Iterator, Literal
 
-from jobs.storage import ObjectStore
+from jobs.storage import ObjectNotFound, ObjectStore
 
 from .manifest import CHUNK, ModelFile, ModelManifest, file_key, load_manifest, model_failed, sha256_file
 
@@ -155,15 +155,26 @@ def _download(
                     digest.update(chunk)
             result.resumed_bytes += offset
         if offset < entry.size:
-            with store.open_at(key, offset) as src, open(part, "ab") as dst:
-                reported = offset
-                while chunk := src.read(CHUNK):
-                    dst.write(chunk)
-                    digest.update(chunk)
-                    result.downloaded_bytes += len(chunk)
-                    if report and dst.tell() - reported >= REPORT_BYTES:
-                        reported = dst.tell()
-                        report(reported)
+            try:
+                src = store.open_at(key, offset)
+            except ObjectNotFound:
+                part.unlink()
+                raise model_failed(
+                    f"Model file '{entry.path}' of {name}/{version} is listed in its manifest but missing "
+                    "from the store", name, version, file=entry.path,
+                    suggestion=f"Republish the model: python -m jobs.models publish WEIGHTS_DIR --name {name} "
+                    f"--version {version} --force",
+                ) from None
+            except Exception as exc:
+                # A store that refuses the ranged read (S3 InvalidRange: the stored object is shorter
+                # than the partial file) says the partial file is not a prefix of it: start over.
+                # OSErrors (store unreachable) are real failures and propagate.
+                if offset and not isinstance(exc, OSError):
+                    part.unlink()
+                    result.refetched_files.append(entry.path)
+                    continue
+                raise
+            _append(src, part, digest, offset, result, report)
         size = part.stat().st_size
         if size == entry.size and digest.hexdigest() == entry.sha256:
             os.replace(part, target)
@@ -180,6 +191,26 @@ def _download(
             file=entry.path,
             suggestion=f"Republish the model: python -m jobs.models publish WEIGHTS_DIR --name {name} --version {version} --force",
         )
+
+
+def _append(
+    src: BinaryIO,
+    part: Path,
+    digest: "hashlib._Hash",
+    offset: int,
+    result: CachedModel,
+    report: Callable[[int], None] | None,
+) -> None:
+    """Copy the rest of the object onto the partial file, hashing as it goes."""
+    with src, open(part, "ab") as dst:
+        reported = offset
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            digest.update(chunk)
+            result.downloaded_bytes += len(chunk)
+            if report and dst.tell() - reported >= REPORT_BYTES:
+                reported = dst.tell()
+                report(reported)
 
 
 def _read_marker(path: Path, digest: str) -> dict[str, list[int]]:
