@@ -2,4 +2,4 @@
 
 # Each fixture module is listed here once it exists (s3: moto server, prefect: server + worker,
 # api: the FastAPI app served by uvicorn).
-pytest_plugins: list[str] = ["tests.fixtures.s3", "tests.fixtures.prefect"]
+pytest_plugins: list[str] = ["tests.fixtures.s3", "tests.fixtures.prefect", "tests.fixtures.api"]
