@@ -26,7 +26,10 @@ class RenderedView:
     color: float32 RGB in [0, 1] with `background` outside the mask, or None without a texture.
     mask: bool object pixels. depth: float32 z-depth along the camera axis, 0 on background.
     face_id: int64 triangle index, -1 on background. normal: float32 unit world-space normal of
-    the visible triangle (from the face winding; zero on background).
+    the visible triangle (from the face winding; zero on background), or with
+    `smooth_normals=True` the interpolated area-weighted vertex normals (for shading).
+    barycentric: float32 (H, W, 3) perspective-correct weights of the face's three vertices
+    (sum 1; zero on background); wireframes and per-pixel attributes use them.
     """
 
     color: np.ndarray | None
@@ -34,6 +37,7 @@ class RenderedView:
     depth: np.ndarray
     face_id: np.ndarray
     normal: np.ndarray
+    barycentric: np.ndarray | None = None
 
 
 def clip_positions(camera: Camera, vertices: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -48,13 +52,28 @@ def clip_positions(camera: Camera, vertices: np.ndarray | torch.Tensor) -> torch
     return (homo @ mvp.T)[None]
 
 
-def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unit normals (F, 3) from the winding (counter-clockwise = front); zero for degenerate faces."""
+def _face_cross(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Per-face cross products (F, 3) float64: direction = normal, length = twice the area."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
-    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit normals (F, 3) from the winding (counter-clockwise = front); zero for degenerate faces."""
+    n = _face_cross(vertices, faces)
     length = np.linalg.norm(n, axis=1, keepdims=True)
     return (n / np.where(length > 0, length, 1.0)).astype(np.float32)
+
+
+def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals (V, 3) float32 (unnormalised sums are fine for interpolation)."""
+    f = np.asarray(faces, dtype=np.int64)
+    n = _face_cross(vertices, faces)
+    acc = np.zeros((len(vertices), 3))
+    for k in range(3):
+        np.add.at(acc, f[:, k], n)
+    return (acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def render_mesh(
@@ -67,6 +86,7 @@ def render_mesh(
     *,
     background: float = 1.0,
     filter_mode: str = "linear",
+    smooth_normals: bool = False,
 ) -> RenderedView:
     """Render `vertices`/`faces` into `camera` at (camera.height, camera.width).
 
@@ -86,6 +106,9 @@ def render_mesh(
         # uv share one interpolate call (one gather per pixel).
         w2c = camera.w2c.astype(np.float32)
         attrs = [torch.as_tensor(-(verts @ w2c[2, :3] + w2c[2, 3])[:, None], device=device)]
+        if smooth_normals:
+            vn = _vertex_normals(verts, np.asarray(faces))
+            attrs.append(torch.as_tensor(vn, device=device))
         textured = uv is not None and texture is not None
         if textured:
             uv_t = torch.as_tensor(np.asarray(uv, dtype=np.float32), device=device)
@@ -94,7 +117,7 @@ def render_mesh(
         depth = interp[..., 0]
         color = None
         if textured:
-            pix_uv = interp[None, ..., 1:3].contiguous()
+            pix_uv = interp[None, ..., -2:].contiguous()
             tex = torch.as_tensor(np.asarray(texture), device=device)
             tex = tex.float() / 255.0 if tex.dtype == torch.uint8 else tex.float()
             color = backend.texture(tex[None].contiguous(), pix_uv, filter_mode=filter_mode)[0]
@@ -102,13 +125,21 @@ def render_mesh(
 
     mask_np = mask.cpu().numpy()[::-1]
     face_np = face_id.cpu().numpy()[::-1]
-    normals = face_normals(verts, np.asarray(faces))
-    normal_img = np.zeros(face_np.shape + (3,), dtype=np.float32)
-    normal_img[mask_np] = normals[face_np[mask_np]]
+    if smooth_normals:
+        normal_img = interp[..., 1:4].cpu().numpy()[::-1]
+        normal_img = normal_img / np.maximum(np.linalg.norm(normal_img, axis=-1, keepdims=True), 1e-12)
+    else:
+        normals = face_normals(verts, np.asarray(faces))
+        normal_img = np.zeros(face_np.shape + (3,), dtype=np.float32)
+        normal_img[mask_np] = normals[face_np[mask_np]]
+    uv_bary = rast[0, ..., :2].cpu().numpy()[::-1]
+    bary = np.concatenate([uv_bary, (1.0 - uv_bary.sum(-1, keepdims=True))], axis=-1)
+    bary[~mask_np] = 0
     return RenderedView(
         color=None if color is None else np.ascontiguousarray(color.cpu().numpy()[::-1]),
         mask=np.ascontiguousarray(mask_np),
         depth=np.ascontiguousarray(depth.cpu().numpy()[::-1]).astype(np.float32),
         face_id=np.ascontiguousarray(face_np),
-        normal=normal_img,
+        normal=np.ascontiguousarray(normal_img, dtype=np.float32),
+        barycentric=np.ascontiguousarray(bary, dtype=np.float32),
     )

@@ -1,0 +1,99 @@
+"""Preview images of a reconstruction: textured and wireframe, from two three-quarter views.
+
+Three-quarter views (azimuth 35 and 215 degrees, elevation 25) show sides no input camera looked
+at straight on, so a user sees at a glance whether the shape and texture hold up between views.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from recon.mesh import TexturedMesh
+from recon.render.base import RenderBackend
+from recon.render.views import RenderedView, render_mesh
+from recon.rig import Camera, orbit_camera
+
+PREVIEW_ANGLES = ((35.0, 25.0), (215.0, 25.0))  # (azimuth, elevation) in degrees
+PREVIEW_FILES = tuple(
+    f"preview_{kind}_{i}.png" for kind in ("textured", "wireframe") for i in range(len(PREVIEW_ANGLES))
+)
+_SURFACE_GREY = np.array([0.78, 0.80, 0.84], dtype=np.float32)
+_EDGE_COLOUR = np.array([0.12, 0.16, 0.30], dtype=np.float32)
+
+
+def preview_cameras(vertices: np.ndarray, fov_deg: float, resolution: int) -> list[Camera]:
+    """Orbit cameras far enough that the mesh's bounding sphere (about the origin) fits."""
+    radius = float(np.linalg.norm(np.asarray(vertices), axis=1).max())
+    distance = 1.08 * radius / math.sin(math.radians(fov_deg) / 2)
+    return [orbit_camera(az, el, fov_deg, resolution, resolution, distance) for az, el in PREVIEW_ANGLES]
+
+
+def _shading(view: RenderedView, camera: Camera) -> np.ndarray:
+    """Mild headlight shading in [0.7, 1]: enough to read the shape, not enough to hide colour."""
+    light = camera.c2w[:3, :3] @ np.array([-0.3, 0.4, 1.0])
+    light /= np.linalg.norm(light)
+    lambert = np.abs(view.normal @ light.astype(np.float32))  # two-sided: inner walls stay lit
+    return (0.7 + 0.3 * lambert)[..., None]
+
+
+def _edge_strength(view: RenderedView, camera: Camera, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Per pixel in [0, 1]: how close it is to its triangle's edge, in screen pixels (~1 px lines).
+
+    The perspective-correct barycentrics are turned into screen-space ones (weights times each
+    vertex's depth), then each one times the triangle's screen-space altitude is the pixel's
+    distance to the opposite edge.
+    """
+    px, depth = camera.project(np.asarray(vertices, dtype=np.float64))
+    tri = np.asarray(faces, dtype=np.int64)
+    corners = px[tri]  # (F, 3, 2)
+    e = [corners[:, (k + 2) % 3] - corners[:, (k + 1) % 3] for k in range(3)]  # edge opposite k
+    a, b = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    area2 = np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])
+    altitude = np.stack([area2 / np.maximum(np.linalg.norm(ek, axis=1), 1e-9) for ek in e], axis=1)
+
+    mask = view.mask
+    fid = view.face_id[mask]
+    screen = view.barycentric[mask] * depth[tri[fid]]
+    screen /= np.maximum(screen.sum(axis=1, keepdims=True), 1e-12)
+    distance = (screen * altitude[fid]).min(axis=1)
+    strength = np.zeros(mask.shape, dtype=np.float32)
+    strength[mask] = np.clip(1.5 - distance, 0.0, 1.0)
+    return strength
+
+
+def render_previews(
+    mesh: TexturedMesh, backend: RenderBackend, fov_deg: float, resolution: int = 1024
+) -> dict[str, np.ndarray]:
+    """The preview images as uint8 RGB arrays, keyed by file name (PREVIEW_FILES)."""
+    images: dict[str, np.ndarray] = {}
+    for i, camera in enumerate(preview_cameras(mesh.vertices, fov_deg, resolution)):
+        view = render_mesh(
+            backend, camera, mesh.vertices, mesh.faces, mesh.uv, mesh.texture, smooth_normals=True
+        )
+        shade = _shading(view, camera)
+        mask = view.mask[..., None]
+        textured = np.where(mask, view.color * shade, 1.0)
+        edges = _edge_strength(view, camera, mesh.vertices, mesh.faces)[..., None]
+        surface = _SURFACE_GREY * shade
+        wire = np.where(mask, surface * (1 - edges) + _EDGE_COLOUR * edges, 1.0)
+        for kind, image in (("textured", textured), ("wireframe", wire)):
+            images[f"preview_{kind}_{i}.png"] = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    return images
+
+
+def write_previews(
+    mesh: TexturedMesh, out_dir: Path, backend: RenderBackend, fov_deg: float, resolution: int = 1024
+) -> list[Path]:
+    """Write preview_textured_{0,1}.png and preview_wireframe_{0,1}.png into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = render_previews(mesh, backend, fov_deg, resolution)
+    paths = []
+    for name in PREVIEW_FILES:
+        Image.fromarray(images[name]).save(out / name)
+        paths.append(out / name)
+    return paths
