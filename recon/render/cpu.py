@@ -16,8 +16,6 @@ Differences from nvdiffrast (all documented, none affects the shared code paths)
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,45 +34,44 @@ def _pixel_centres_ndc(height: int, width: int) -> tuple[np.ndarray, np.ndarray]
     return xs, ys
 
 
-@functools.lru_cache(maxsize=4)
-def _ray_origins(height: int, width: int) -> np.ndarray:
-    """(H*W, 3) float32 ray origins at z = -1 through every pixel centre, row-major (cached)."""
-    xs, ys = _pixel_centres_ndc(height, width)
-    origins = np.empty((height, width, 3), dtype=np.float32)
-    origins[..., 0] = xs[None, :]
-    origins[..., 1] = ys[:, None]
-    origins[..., 2] = -1.0
-    origins = origins.reshape(-1, 3)
-    origins.flags.writeable = False
-    return origins
-
-
-@functools.lru_cache(maxsize=4)
-def _ray_directions(count: int) -> np.ndarray:
-    dirs = np.zeros((count, 3), dtype=np.float32)
-    dirs[:, 2] = 1.0
-    dirs.flags.writeable = False
-    return dirs
-
-
-def _nearest_triangle(ndc: np.ndarray, tri: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Index of the nearest (smallest NDC z) triangle under each pixel centre, -1 for none.
+def _nearest_triangle(
+    ndc: np.ndarray, tri: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Covered pixels (flat row-major indices) and the nearest (smallest NDC z) triangle of each.
 
     One parallel ray per pixel along +z in NDC space: orthographic rays there are exactly the
-    perspective rays of the original camera. NDC z is remapped affinely (which keeps triangles
-    planar and the depth order) onto [0, 2] so Embree's float32 resolves close surfaces.
+    perspective rays of the original camera. Only pixels inside the triangles' screen bounding
+    box get a ray. NDC z is remapped affinely (which keeps triangles planar and the depth order)
+    onto [0, 2] so Embree's float32 resolves close surfaces.
     """
+    empty = np.zeros(0, dtype=np.int64)
     if len(tri) == 0:
-        return np.full(height * width, -1, dtype=np.int64)
+        return empty, empty
     used = ndc[tri.ravel()]
-    zmin, zmax = used[:, 2].min(), used[:, 2].max()
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    c0 = max(0, int(np.floor((lo[0] + 1) / 2 * width - 0.5)))
+    c1 = min(width - 1, int(np.ceil((hi[0] + 1) / 2 * width - 0.5)))
+    r0 = max(0, int(np.floor((lo[1] + 1) / 2 * height - 0.5)))
+    r1 = min(height - 1, int(np.ceil((hi[1] + 1) / 2 * height - 0.5)))
+    if c1 < c0 or r1 < r0:
+        return empty, empty
     scene_vertices = ndc.copy()
-    scene_vertices[:, 2] = (ndc[:, 2] - zmin) * (2.0 / max(zmax - zmin, 1e-12))
+    scene_vertices[:, 2] = (ndc[:, 2] - lo[2]) * (2.0 / max(hi[2] - lo[2], 1e-12))
     scene = rtcore_scene.EmbreeScene()
     TriangleMesh(scene=scene, vertices=scene_vertices.astype(np.float32), indices=tri.astype(np.int32))
-    origins = _ray_origins(height, width)
-    hit = scene.run(origins, _ray_directions(len(origins)))
-    return np.asarray(hit, dtype=np.int64)
+    xs, ys = _pixel_centres_ndc(height, width)
+    rect_w, rect_h = c1 - c0 + 1, r1 - r0 + 1
+    origins = np.empty((rect_h, rect_w, 3), dtype=np.float32)
+    origins[..., 0] = xs[None, c0 : c1 + 1]
+    origins[..., 1] = ys[r0 : r1 + 1, None]
+    origins[..., 2] = -1.0
+    origins = origins.reshape(-1, 3)
+    dirs = np.zeros_like(origins)
+    dirs[:, 2] = 1.0
+    hit = np.asarray(scene.run(origins, dirs), dtype=np.int64)
+    local = np.nonzero(hit >= 0)[0]
+    pix = (local // rect_w + r0) * width + (local % rect_w + c0)
+    return pix, hit[local]
 
 
 def _face_table(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
@@ -128,11 +125,10 @@ class CpuBackend(RenderBackend):
         front = (w[tri_np] > _MIN_W).all(axis=1)
         kept = np.nonzero(front)[0]
         ndc = pos_np[:, :3] / np.where(w > _MIN_W, w, 1.0)[:, None]
-        hit_local = _nearest_triangle(ndc, tri_np[kept], height, width)
-        pix = np.nonzero(hit_local >= 0)[0]
+        pix, hit_local = _nearest_triangle(ndc, tri_np[kept], height, width)
         if len(pix) == 0:
             return torch.zeros(height, width, 4, dtype=torch.float32, device=pos.device)
-        face = torch.from_numpy(kept[hit_local[pix]])
+        face = torch.from_numpy(kept[hit_local])
         pix_t = torch.from_numpy(pix)
         xs, ys = _pixel_centres_ndc(height, width)
         table = _face_table(pos, tri).T.contiguous().index_select(1, face)  # [12, N]

@@ -96,50 +96,55 @@ def render_mesh(
     """
     device = backend.device
     verts = np.asarray(vertices, dtype=np.float32)
+    faces = np.asarray(faces)
     tri = torch.as_tensor(np.ascontiguousarray(faces, dtype=np.int32), device=device)
     pos = clip_positions(camera, verts).to(device)
     with torch.no_grad():
-        rast = backend.rasterize(pos, tri, (camera.height, camera.width))
+        # Interpolation is per pixel, so flipping rast to image rows first is exact.
+        rast = backend.rasterize(pos, tri, (camera.height, camera.width)).flip(1)
         face_id = rast[0, ..., 3].long() - 1
         mask = face_id >= 0
-        # z-depth interpolated perspective-correctly is exact on the triangle's plane; depth and
-        # uv share one interpolate call (one gather per pixel).
+        # z-depth interpolated perspective-correctly is exact on the triangle's plane; depth,
+        # normals and uv share one interpolate call (one gather per pixel).
         w2c = camera.w2c.astype(np.float32)
         attrs = [torch.as_tensor(-(verts @ w2c[2, :3] + w2c[2, 3])[:, None], device=device)]
         if smooth_normals:
-            vn = _vertex_normals(verts, np.asarray(faces))
-            attrs.append(torch.as_tensor(vn, device=device))
+            attrs.append(torch.as_tensor(_vertex_normals(verts, faces), device=device))
         textured = uv is not None and texture is not None
         if textured:
             uv_t = torch.as_tensor(np.asarray(uv, dtype=np.float32), device=device)
             attrs.append(torch.stack([uv_t[:, 0], 1.0 - uv_t[:, 1]], dim=1))
         interp = backend.interpolate(torch.cat(attrs, dim=1), rast, tri)[0]
         depth = interp[..., 0]
+        covered = torch.nonzero(mask.reshape(-1)).squeeze(1)
         color = None
         if textured:
-            pix_uv = interp[None, ..., -2:].contiguous()
+            # Texture lookups only for covered pixels: a [1, 1, N, 2] uv "image".
+            pix_uv = interp.reshape(-1, interp.shape[-1])[covered, -2:][None, None].contiguous()
             tex = torch.as_tensor(np.asarray(texture), device=device)
             tex = tex.float() / 255.0 if tex.dtype == torch.uint8 else tex.float()
-            color = backend.texture(tex[None].contiguous(), pix_uv, filter_mode=filter_mode)[0]
-            color = torch.where(mask[..., None], color.clamp(0, 1), torch.full_like(color, background))
+            looked_up = backend.texture(tex[None, ..., :3].contiguous(), pix_uv, filter_mode=filter_mode)
+            color = torch.full((mask.numel(), 3), float(background), device=device)
+            color[covered] = looked_up[0, 0].clamp(0, 1)
+            color = color.view(*mask.shape, 3)
+        if smooth_normals:
+            normal = interp[..., 1:4]
+            normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        else:
+            table = torch.as_tensor(face_normals(verts, faces), device=device)
+            table = torch.cat([table, torch.zeros(1, 3, device=device)])  # index -1 -> zero
+            normal = table[face_id]
+        u, v = rast[0, ..., 0], rast[0, ..., 1]
+        bary = torch.stack([u, v, 1.0 - u - v], dim=-1) * mask[..., None]
 
-    mask_np = mask.cpu().numpy()[::-1]
-    face_np = face_id.cpu().numpy()[::-1]
-    if smooth_normals:
-        normal_img = interp[..., 1:4].cpu().numpy()[::-1]
-        normal_img = normal_img / np.maximum(np.linalg.norm(normal_img, axis=-1, keepdims=True), 1e-12)
-    else:
-        normals = face_normals(verts, np.asarray(faces))
-        normal_img = np.zeros(face_np.shape + (3,), dtype=np.float32)
-        normal_img[mask_np] = normals[face_np[mask_np]]
-    uv_bary = rast[0, ..., :2].cpu().numpy()[::-1]
-    bary = np.concatenate([uv_bary, (1.0 - uv_bary.sum(-1, keepdims=True))], axis=-1)
-    bary[~mask_np] = 0
+    def out(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy()
+
     return RenderedView(
-        color=None if color is None else np.ascontiguousarray(color.cpu().numpy()[::-1]),
-        mask=np.ascontiguousarray(mask_np),
-        depth=np.ascontiguousarray(depth.cpu().numpy()[::-1]).astype(np.float32),
-        face_id=np.ascontiguousarray(face_np),
-        normal=np.ascontiguousarray(normal_img, dtype=np.float32),
-        barycentric=np.ascontiguousarray(bary, dtype=np.float32),
+        color=None if color is None else out(color),
+        mask=out(mask),
+        depth=out(depth.float()),
+        face_id=out(face_id),
+        normal=out(normal.float()),
+        barycentric=out(bary.float()),
     )
