@@ -34,6 +34,8 @@ MESH_FILES = {
     "fish": "fish_low_resolution.obj",
     "penguin": "penguin.obj",
 }
+# Degrees about +Y that turn a file's mesh so its front faces +Z (the rig's convention).
+FACING_YAW = {"spot": 180.0}
 PROCEDURAL = ("cup", "sphere", "box")
 CASES = tuple(MESH_FILES) + PROCEDURAL
 
@@ -68,6 +70,8 @@ def load_test_mesh(name: str) -> trimesh.Trimesh:
     if name in MESH_FILES:
         mesh = trimesh.load(MESH_DIR / MESH_FILES[name], process=False, force="mesh")
         mesh = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)
+        yaw = math.radians(FACING_YAW.get(name, 0.0))
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 1, 0]))
     elif name == "cup":
         mesh = _cup()
     elif name == "sphere":
