@@ -180,8 +180,8 @@ def quality_lines(zip_path: Path) -> list[str]:
     with zipfile.ZipFile(zip_path) as z:
         for name in sorted(n for n in z.namelist() if n.endswith("quality.json")):
             q = json.loads(z.read(name))
-            mean = q.get("mean") if isinstance(q.get("mean"), dict) else q
-            parts = [f"{k}={mean[k]:.3f}" for k in ("psnr", "ssim", "mask_iou", "depth_error") if isinstance(mean.get(k), (int, float))]
+            parts = [f"{k}={q[k]:.3f}" for k in ("psnr", "ssim", "mask_iou", "depth_error_pct")
+                     if isinstance(q.get(k), (int, float))]
             lines.append(f"{name.split('/')[0]}: status={q.get('status')} " + " ".join(parts))
     return lines
 

@@ -1,0 +1,1 @@
+"""Prefect flows: reconstruct (one job), cleanup (retention, hourly), reprocess (engine upgrades, nightly)."""

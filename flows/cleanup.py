@@ -1,0 +1,88 @@
+"""The hourly `cleanup` flow: retention and housekeeping over every job record.
+
+- results past `expires_at` are deleted (inputs and outputs); the record stays with
+  `results_deleted_at`, so a download answers 410 JOB_EXPIRED instead of 404;
+- a cancel request older than the confirmation window is expired (`cancel_requested_at` cleared);
+- files of cancelled jobs are swept (the API and the flow's cancellation hook delete them; this
+  catches a worker that died before its hook ran);
+- staged results of runs that are no longer running, and scratch folders of old runs, go away.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from jobs.record import JobRecord, is_job_id, load_record, update_record, utcnow
+from jobs.settings import get_settings
+from jobs.storage import get_store
+from tasks.results import STAGING, delete_job_files
+
+WORK_DIR_MAX_AGE_S = 24 * 3600
+
+
+def job_ids(store: Any) -> list[str]:
+    """Every job that has a record (keys jobs/{job_id}/job.json)."""
+    ids = {item.key.split("/")[1] for item in store.list("jobs/") if item.key.endswith("/job.json")}
+    return sorted(i for i in ids if is_job_id(i))
+
+
+def _run_is_active(client: Any, run_id: str) -> bool:
+    try:
+        state = client.read_flow_run(UUID(run_id)).state
+    except (ObjectNotFound, ValueError):
+        return False
+    return state is not None and not state.is_final()
+
+
+def sweep_job(store: Any, record: JobRecord, cancel_window_s: float) -> list[str]:
+    """Apply retention and cancellation rules to one job; returns what was done."""
+    now = utcnow()
+    done = []
+    if record.results_deleted_at is None and (record.results_gone(now) or record.cancelled_at is not None):
+        delete_job_files(store, record.job_id)
+        update_record(store, record.job_id, lambda r: setattr(r, "results_deleted_at", now))
+        done.append("expired" if record.cancelled_at is None else "cancelled-files-deleted")
+    if record.cancel_requested_at is not None and record.cancelled_at is None \
+            and not record.cancel_request_valid(cancel_window_s, now):
+        update_record(store, record.job_id, lambda r: setattr(r, "cancel_requested_at", None))
+        done.append("cancel-request-expired")
+    return done
+
+
+@flow(name="cleanup", persist_result=False)
+def cleanup() -> dict[str, Any]:
+    """One sweep over all jobs; returns counts per action (also logged)."""
+    logger = get_run_logger()
+    settings = get_settings()
+    store = get_store(settings)
+    counts: dict[str, int] = {}
+    for job_id in job_ids(store):
+        record = load_record(store, job_id)
+        if record is None:
+            continue
+        for action in sweep_job(store, record, settings.cancel_confirm_seconds):
+            counts[action] = counts.get(action, 0) + 1
+            logger.info("job %s: %s", job_id, action)
+
+    with get_client(sync_client=True) as client:
+        for job_id, run_key in {tuple(i.key.split("/")[2:4]) for i in store.list(f"{STAGING}/")}:
+            if not _run_is_active(client, run_key):
+                store.delete_prefix(f"{STAGING}/{job_id}/{run_key}/")
+                counts["staging-removed"] = counts.get("staging-removed", 0) + 1
+
+    work = settings.data_dir / "work"
+    cutoff = time.time() - WORK_DIR_MAX_AGE_S
+    for folder in work.glob("*/*") if work.is_dir() else []:
+        if folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            counts["workdir-removed"] = counts.get("workdir-removed", 0) + 1
+    logger.info("cleanup: %s", counts or "nothing to do")
+    return counts
+

@@ -1,0 +1,176 @@
+"""The `reconstruct` flow: one flow run per job (run name = job_id), tasks
+validate -> (load_weights -> inference -> export -> metrics) per model, then publish.
+
+Outcomes, all visible to the API through the flow-run state and the job record:
+- completed: every model's outputs are published together under outputs/{job_id}/{model}/, the
+  record has engine_versions, per-model results and expires_at (retention);
+- failed: the error object (code, message, details.model / details.pipeline_stage, suggestion)
+  is saved in the record *before* the flow fails; staged outputs are discarded, so nothing
+  partial is ever downloadable (QUALITY_THRESHOLD_FAILED included: a failed job has no results);
+- cancelled: the tasks notice Cancelling between stages and inside engine loops (or the worker
+  kills the process); either way the job's files are deleted, the record stays.
+
+`reprocess=True` (used by the reprocess flow) reruns a finished job: the old results and record
+stay untouched until the new results are complete, then they are swapped in; a failing
+reprocess leaves the job as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import get_run_context
+from prefect.states import Cancelled as CancelledState
+
+from jobs.errors import ServiceError
+from jobs.orchestration import DEFAULT_MODEL_TYPE, MODEL_TYPES, engines_for
+from jobs.record import JobRecord, load_record, update_record, utcnow
+from jobs.settings import get_settings
+from jobs.storage import get_store
+from recon.engines import get_engine
+from recon.errors import Cancelled
+from tasks.cancellation import CancelWatch
+from jobs.models import resolve_device
+from tasks.context import JobRun
+from tasks.export import export
+from tasks.failures import stage_error
+from tasks.inference import inference
+from tasks.load_weights import load_weights
+from tasks.metrics import metrics, quality_summary
+from tasks.progress import JobProgress
+from tasks.results import delete_job_files, publish_results, stage_outputs, staging_prefix
+from tasks.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+def work_dir(data_dir: Path, job_id: str, run_key: str | None = None) -> Path:
+    base = data_dir / "work" / job_id
+    return base / run_key if run_key else base
+
+
+def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    """Runs where Prefect stops the run (the worker, after killing the process): delete the
+    job's files. A cancelled reprocess only drops its own staging copy."""
+    job_id = flow_run.parameters.get("job_id")
+    if not job_id:
+        return
+    settings = get_settings()
+    store = get_store(settings)
+    if flow_run.parameters.get("reprocess"):
+        store.delete_prefix(staging_prefix(job_id, str(flow_run.id)))
+    else:
+        discard_cancelled_job(store, job_id)
+    shutil.rmtree(work_dir(settings.data_dir, job_id, str(flow_run.id)), ignore_errors=True)
+
+
+def discard_cancelled_job(store: Any, job_id: str) -> None:
+    """Delete a cancelled job's files and say so in its record (idempotent)."""
+    delete_job_files(store, job_id)
+
+    def mark(record: JobRecord) -> None:
+        now = utcnow()
+        record.cancelled_at = record.cancelled_at or now
+        record.results_deleted_at = record.results_deleted_at or now
+        for model in record.models:
+            if record.result(model).status in ("pending", "running"):
+                record.result(model).status = "cancelled"
+
+    try:
+        update_record(store, job_id, mark)
+    except KeyError:  # no record (never fully submitted): nothing to mark
+        pass
+
+
+@flow(name="reconstruct", flow_run_name="{job_id}", on_cancellation=[_on_cancellation], persist_result=False)
+def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bool = False) -> dict[str, Any]:
+    """Reconstruct job `job_id` with the engines of `model_type` (see jobs.orchestration)."""
+    logger = get_run_logger()
+    settings = get_settings()
+    store = get_store(settings)
+    if model_type not in MODEL_TYPES:
+        raise ServiceError("VALIDATION_FAILED", f"Unknown model_type '{model_type}'",
+                           {"model_type": model_type, "allowed": sorted(MODEL_TYPES)})
+    if load_record(store, job_id) is None:
+        raise ServiceError("JOB_NOT_FOUND", f"Job '{job_id}' not found", {"job_id": job_id})
+    models = list(engines_for(model_type))
+    flow_run_id = get_run_context().flow_run.id
+    run_key = str(flow_run_id)
+    run = JobRun(job_id=job_id, settings=settings, store=store, progress=JobProgress(job_id, models),
+                 watch=CancelWatch(flow_run_id), workdir=work_dir(settings.data_dir, job_id, run_key),
+                 device=resolve_device(settings.device))
+    logger.info("job %s: model_type=%s engines=%s device=%s reprocess=%s", job_id, model_type, models, run.device, reprocess)
+    if not reprocess:
+        update_record(store, job_id, lambda r: _mark_started(r, run_key, models))
+
+    current: str | None = None
+    try:
+        inputs, calibration = validate(run)
+        qualities: dict[str, dict[str, Any]] = {}
+        for current in models:
+            weights_dir = load_weights(run, current)
+            mesh = inference(run, current, inputs, calibration, weights_dir)
+            out_dir = run.workdir / "outputs" / current
+            export(run, current, mesh, calibration, out_dir)
+            qualities[current] = metrics(run, current, mesh, inputs, calibration, out_dir)
+            stage_outputs(run, current, run_key, out_dir)
+            run.progress.model_done(current)
+            del mesh
+        current = None
+        published = publish_results(run, run_key)
+        files = {m: sorted(p.name for p in (run.workdir / "outputs" / m).iterdir()) for m in published}
+        update_record(store, job_id, lambda r: _mark_completed(r, run_key, models, files, settings.retention_hours))
+        run.progress.finished()
+        summary = {m: quality_summary(q) for m, q in qualities.items()}
+        logger.info("job %s completed: %s", job_id, summary)
+        return {"job_id": job_id, "models": summary}
+    except Cancelled:
+        logger.info("job %s cancelled", job_id)
+        run.progress.model_failed(None, "cancelled", None)
+        _on_cancellation(None, get_run_context().flow_run, None)
+        return CancelledState(message="Job cancelled by the client")
+    except Exception as exc:
+        error = exc if isinstance(exc, ServiceError) else stage_error(exc, current, "unknown")
+        logger.error("job %s failed: %s", job_id, error.to_error_object())
+        store.delete_prefix(staging_prefix(job_id, run_key))
+        run.progress.model_failed(current, "failed", error.to_error_object())
+        if not reprocess:  # a failed reprocess keeps the job's earlier outcome
+            update_record(store, job_id, lambda r: _mark_failed(r, current, error))
+        raise error from exc
+    finally:
+        shutil.rmtree(run.workdir, ignore_errors=True)
+
+
+def _mark_started(record: JobRecord, run_key: str, models: list[str]) -> None:
+    record.flow_run_id = run_key
+    record.error = None
+    for model in models:
+        record.result(model).status = "running" if model == models[0] else "pending"
+
+
+def _mark_completed(record: JobRecord, run_key: str, models: list[str], files: dict[str, list[str]],
+                    retention_hours: float) -> None:
+    now = utcnow()
+    record.flow_run_id = run_key  # a reprocess run becomes the job's run once its results are in
+    record.error = None
+    record.results_deleted_at = None
+    record.expires_at = now + timedelta(hours=retention_hours)
+    for model in models:
+        result = record.result(model)
+        result.status = "completed"
+        result.files = files.get(model, [])
+        result.engine_version = get_engine(model).version
+        result.completed_at = now
+        record.engine_versions[model] = result.engine_version
+
+
+def _mark_failed(record: JobRecord, model: str | None, error: ServiceError) -> None:
+    record.error = error.to_error_object()
+    for name in record.models:
+        if name == model or record.result(name).status in ("pending", "running"):
+            record.result(name).status = "failed"

@@ -1,0 +1,81 @@
+"""Where a job's results live in the object store, and how they get there without ever exposing
+a half-written set.
+
+A run uploads each model's folder to a staging prefix (`outputs/.staging/{job_id}/{run}/...`,
+outside `outputs/{job_id}/` so the API never lists it) and publishes only after every model of
+the job is complete: then each file is copied to `outputs/{job_id}/{model}/` (per-object atomic
+writes) and files of an older result that the new one no longer has are removed. A failing or
+cancelled run therefore leaves the previous results (reprocess) or nothing (first run) behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs.errors import ServiceError
+from jobs.record import input_prefix, output_prefix
+from jobs.storage import ObjectStore
+from tasks.context import JobRun, stage_task
+from tasks.failures import failing_as
+
+STAGING = "outputs/.staging"
+
+
+def staging_prefix(job_id: str, run_key: str) -> str:
+    return f"{STAGING}/{job_id}/{run_key}/"
+
+
+def missing_outputs(folder: Path) -> list[str]:
+    from recon.pipeline import OUTPUT_FILES  # lazy: see tasks/validate.py
+
+    return [name for name in OUTPUT_FILES if not (folder / name).is_file()]
+
+
+def stage_model(store: ObjectStore, job_id: str, run_key: str, model: str, folder: Path) -> int:
+    """Upload a model's complete output folder to the staging prefix; returns bytes uploaded."""
+    missing = missing_outputs(folder)
+    if missing:
+        raise ServiceError("INCOMPLETE_RESULTS", f"Job '{job_id}' has incomplete results for '{model}'",
+                           {"job_id": job_id, "model": model, "missing": missing})
+    total = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        total += store.put_file(f"{staging_prefix(job_id, run_key)}{model}/{path.relative_to(folder).as_posix()}", path)
+    return total
+
+
+def publish(store: ObjectStore, job_id: str, run_key: str) -> list[str]:
+    """Copy the staged models over the job's results, drop stale files, remove the staging copy.
+    Returns the published model names."""
+    staged = staging_prefix(job_id, run_key)
+    items = store.list(staged)
+    models = sorted({item.key[len(staged):].split("/", 1)[0] for item in items})
+    for model in models:
+        new_keys = set()
+        for item in (i for i in items if i.key.startswith(f"{staged}{model}/")):
+            final = output_prefix(job_id) + item.key[len(staged):]
+            with store.open(item.key) as src:
+                store.put_stream(final, src, item.size)
+            new_keys.add(final)
+        for old in store.list(output_prefix(job_id, model)):
+            if old.key not in new_keys:
+                store.delete(old.key)
+    store.delete_prefix(staged)
+    return models
+
+
+def delete_job_files(store: ObjectStore, job_id: str) -> int:
+    """Inputs, results and staged results of a job (the job record stays, so the API can still
+    say what happened). Idempotent."""
+    return sum(store.delete_prefix(p) for p in (input_prefix(job_id), output_prefix(job_id), f"{STAGING}/{job_id}/"))
+
+
+@stage_task("stage_outputs")
+def stage_outputs(run: JobRun, model: str, run_key: str, folder: Path) -> int:
+    with failing_as(model, "export"):
+        return stage_model(run.store, run.job_id, run_key, model, folder)
+
+
+@stage_task("publish")
+def publish_results(run: JobRun, run_key: str) -> list[str]:
+    with failing_as(None, "publish"):
+        return publish(run.store, run.job_id, run_key)
