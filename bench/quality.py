@@ -1,0 +1,252 @@
+"""Quality benchmark of the reconstruction on synthetic cases with known truth (issue 2's targets).
+
+    python bench/quality.py [--engine fusion|nvdiffrec] [--cases spot,fish,penguin,cup]
+                            [--view-res 2048 --depth-res 1024] [--seed N] [--work DIR]
+
+Per case: a field of view drawn from 30-60 degrees (seeded, never told to the pipeline), a rig
+variant and upload-order naming for some cases, the case rendered by recon.synth (cached under
+--work), then recon.pipeline.reconstruct in a child process (wall time and the child's own peak
+RSS). Printed per case as one JSON line, then a summary JSON with each target met or missed:
+
+- input-view PSNR/SSIM: from the reconstruction's own quality.json (object pixels);
+- novel-view PSNR/SSIM: the reconstruction rendered at the case's novel cameras, moved into the
+  reconstruction's frame (positions scaled by camera_distance(fov_est) / true_distance, the
+  calibrated fov), compared on object pixels (truth mask or rendered mask) with recon.metrics.
+  The rig's world axes are fixed by the slot convention, so a correctly recovered variant needs no
+  further transform; a wrong one shows up as low scores;
+- Chamfer / F-score@1%: the mesh scaled back by true_distance / camera_distance(fov_est) against
+  the true mesh (recon.evaluate), in % of the true bounding-box diagonal;
+- fov and variant recovery from cameras.json.
+Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recon.rig import ALL_VARIANTS, Camera, RigVariant, camera_distance  # noqa: E402
+
+TARGETS = {
+    "input_psnr_min": 30.0,
+    "input_ssim_min": 0.95,
+    "novel_psnr_min": 26.0,
+    "chamfer_pct_max": 0.5,
+    "fscore_min": 0.90,
+    "fov_error_deg_max": 5.0,
+    "wall_s_max": 60.0,
+    "peak_rss_mib_max": 4096.0,
+}
+DEFAULT_CASES = "spot,fish,penguin,cup"
+
+
+def case_plan(names: list[str], seed: int) -> list[dict]:
+    """Seeded fov, variant and naming per case: odd cases get a random non-nominal variant and
+    the last case is named by upload order, so both code paths are exercised every run."""
+    rng = np.random.default_rng(seed)
+    plan = []
+    non_nominal = [v for v in ALL_VARIANTS if v != RigVariant()]
+    for i, name in enumerate(names):
+        fov = float(np.round(rng.uniform(30.0, 60.0), 2))
+        variant = non_nominal[int(rng.integers(len(non_nominal)))] if i % 2 == 1 else RigVariant()
+        naming = "order" if i == len(names) - 1 and len(names) > 1 else "slots"
+        plan.append({"case": name, "fov": fov, "variant": variant, "naming": naming,
+                     "seed": seed * 100 + i})
+    return plan
+
+
+def ensure_case(entry: dict, work: Path, view_res: int, depth_res: int, novel_res: int) -> Path:
+    """Render the case unless an identical one is cached; returns its folder."""
+    from recon.synth import load_test_mesh, render_case
+
+    folder = work / (f"{entry['case']}-fov{entry['fov']:.2f}-{entry['variant'].name}-"
+                     f"{entry['naming']}-{view_res}-{depth_res}-{novel_res}-s{entry['seed']}")
+    if not (folder / "truth.json").exists():
+        render_case(load_test_mesh(entry["case"]), folder, fov_deg=entry["fov"], view_res=view_res,
+                    depth_res=depth_res, variant=entry["variant"], naming=entry["naming"],
+                    seed=entry["seed"], novel_res=novel_res)
+    return folder
+
+
+def _ordered(folder: Path, truth: dict, key: str) -> list[Path]:
+    return [folder / v[key] for v in truth["views"]]
+
+
+CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+start = time.perf_counter()
+from recon.pipeline import reconstruct
+args = json.loads(sys.argv[1])
+result = reconstruct([Path(p) for p in args["views"]], [Path(p) for p in args["depths"]],
+                     Path(args["out"]), engine=args["engine"], device=args["device"])
+print("BENCH-RESULT " + json.dumps({
+    "inner_s": time.perf_counter() - start,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+}, default=str))
+"""
+
+
+def run_reconstruction(views: list[Path], depths: list[Path], out: Path, engine: str,
+                       device: str) -> dict:
+    """reconstruct() in a fresh interpreter: end-to-end wall time (imports included) and peak RSS."""
+    args = {"views": [str(p) for p in views], "depths": [str(p) for p in depths],
+            "out": str(out), "engine": engine, "device": device}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:], "wall_s": wall}
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")][-1]
+    facts = json.loads(line.split(" ", 1)[1])
+    return {"wall_s": wall, **facts}
+
+
+def load_result_mesh(out: Path):
+    """The reconstruction as a TexturedMesh, read back from its GLB (what users download)."""
+    import trimesh
+
+    from recon.mesh import TexturedMesh
+
+    scene = trimesh.load(out / "mesh.glb")
+    geom = next(iter(scene.geometry.values())) if hasattr(scene, "geometry") else scene
+    image = geom.visual.material.baseColorTexture.convert("RGB")
+    return TexturedMesh(np.asarray(geom.vertices, np.float32), np.asarray(geom.faces, np.int32),
+                        np.asarray(geom.visual.uv, np.float32), np.asarray(image))
+
+
+def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> dict:
+    """Novel-view PSNR/SSIM (object pixels) of the reconstruction against the truth renders."""
+    import trimesh
+    from PIL import Image
+
+    from recon.metrics import compare_view
+    from recon.render.views import render_mesh
+
+    truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
+    scale = camera_distance(fov_est) / truth["distance"]
+    scores = []
+    for novel in truth["novel"]:
+        cam = Camera.from_dict(novel["camera"])
+        image = np.asarray(Image.open(folder / novel["image"]).convert("RGB"), np.float32) / 255.0
+        true_mask = render_mesh(backend, cam, truth_mesh.vertices, truth_mesh.faces).mask
+        c2w = cam.c2w.copy()
+        c2w[:3, 3] *= scale
+        recon_cam = Camera(c2w, fov_est, cam.width, cam.height, cam.slot)
+        view = render_mesh(backend, recon_cam, mesh.vertices, mesh.faces, mesh.uv, mesh.texture)
+        scores.append(compare_view(view.color, view.mask, image, true_mask))
+    return {
+        "novel_psnr": float(np.mean([s["psnr"] for s in scores])),
+        "novel_ssim": float(np.mean([s["ssim"] for s in scores])),
+        "novel_mask_iou": float(np.mean([s["mask_iou"] for s in scores])),
+        "novel_psnr_per_view": [round(s["psnr"], 2) for s in scores],
+    }
+
+
+def geometry_scores(mesh, truth: dict, folder: Path, fov_est: float) -> dict:
+    import trimesh
+
+    from recon.evaluate import chamfer_fscore
+
+    truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
+    scaled = trimesh.Trimesh(mesh.vertices * (truth["distance"] / camera_distance(fov_est)),
+                             mesh.faces, process=False)
+    return chamfer_fscore(scaled, truth_mesh)
+
+
+def evaluate_case(entry: dict, folder: Path, out: Path, run: dict) -> dict:
+    from recon.render import get_backend
+
+    truth = json.loads((folder / "truth.json").read_text())
+    result = {"case": entry["case"], "fov_true": entry["fov"], "variant_true": entry["variant"].name,
+              "naming": entry["naming"], "wall_s": round(run["wall_s"], 2),
+              "peak_rss_mib": round(run.get("peak_rss_mib", float("nan")), 1)}
+    if "error" in run:
+        result["error"] = run["error"]
+        return result
+    quality = json.loads((out / "quality.json").read_text())
+    cameras = json.loads((out / "cameras.json").read_text())
+    fov_est = float(cameras["fov_deg"])
+    variant_est = RigVariant(**cameras["variant"])
+    mesh = load_result_mesh(out)
+    result.update({
+        "input_psnr": quality["psnr"], "input_ssim": quality["ssim"],
+        "input_psnr_full": quality.get("psnr_full"), "quality_status": quality.get("status"),
+        "fov_est": round(fov_est, 2), "fov_error_deg": round(abs(fov_est - entry["fov"]), 2),
+        "variant_est": variant_est.name, "variant_ok": variant_est == entry["variant"],
+        "faces": int(len(mesh.faces)),
+    })
+    result.update(novel_scores(mesh, truth, folder, fov_est, get_backend("cpu")))
+    result.update(geometry_scores(mesh, truth, folder, fov_est))
+    return result
+
+
+def summarise(results: list[dict]) -> dict:
+    ok = [r for r in results if "error" not in r]
+    checks = {
+        "input_psnr": all(r["input_psnr"] >= TARGETS["input_psnr_min"] for r in ok),
+        "input_ssim": all(r["input_ssim"] >= TARGETS["input_ssim_min"] for r in ok),
+        "novel_psnr": all(r["novel_psnr"] >= TARGETS["novel_psnr_min"] for r in ok),
+        "chamfer": all(r["chamfer_pct"] <= TARGETS["chamfer_pct_max"] for r in ok),
+        "fscore": all(r["fscore"] >= TARGETS["fscore_min"] for r in ok),
+        "variant": all(r["variant_ok"] for r in ok),
+        "fov": all(r["fov_error_deg"] <= TARGETS["fov_error_deg_max"] for r in ok),
+        "wall_time": all(r["wall_s"] <= TARGETS["wall_s_max"] for r in ok),
+        "peak_rss": all(r["peak_rss_mib"] <= TARGETS["peak_rss_mib_max"] for r in ok),
+        "no_errors": len(ok) == len(results),
+    }
+
+    def mean(key: str) -> float | None:
+        return round(float(np.mean([r[key] for r in ok])), 3) if ok else None
+
+    return {
+        "summary": True, "cases": len(results), "failed_runs": len(results) - len(ok),
+        "targets": TARGETS, "met": sorted(k for k, v in checks.items() if v),
+        "missed": sorted(k for k, v in checks.items() if not v),
+        "means": {k: mean(k) for k in ("input_psnr", "input_ssim", "novel_psnr", "novel_ssim",
+                                       "chamfer_pct", "fscore", "fov_error_deg", "wall_s",
+                                       "peak_rss_mib")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", default="fusion", choices=("fusion", "nvdiffrec"))
+    parser.add_argument("--cases", default=DEFAULT_CASES)
+    parser.add_argument("--view-res", type=int, default=2048)
+    parser.add_argument("--depth-res", type=int, default=1024)
+    parser.add_argument("--novel-res", type=int, default=512,
+                        help="resolution of the novel ground-truth views (rendering cost)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/recon-bench"))
+    args = parser.parse_args(argv)
+
+    results = []
+    for entry in case_plan([c for c in args.cases.split(",") if c], args.seed):
+        folder = ensure_case(entry, args.work / "cases", args.view_res, args.depth_res,
+                             args.novel_res)
+        truth = json.loads((folder / "truth.json").read_text())
+        out = args.work / "out" / f"{folder.name}-{args.engine}"
+        run = run_reconstruction(_ordered(folder, truth, "view"), _ordered(folder, truth, "depth"),
+                                 out, args.engine, args.device)
+        result = evaluate_case(entry, folder, out, run)
+        result["engine"] = args.engine
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    print(json.dumps(summarise(results)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
