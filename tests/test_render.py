@@ -108,8 +108,10 @@ def test_texture_lookup_follows_nvdiffrast_convention(backend):
     for mode in ("nearest", "linear"):
         assert torch.allclose(backend.texture(tex, uv, filter_mode=mode), tex, atol=1e-4)
     # Wrap: halfway between the last and the first texel of a row.
-    mid = backend.texture(tex, torch.tensor([[[[1.0, 0.5 / 4]]]]))
-    assert torch.allclose(mid[0, 0, 0], (tex[0, 0, 5] + tex[0, 0, 0]) / 2)
+    edge = torch.tensor([[[[1.0, 0.5 / 4]]]])
+    wrapped = backend.texture(tex, edge, boundary_mode="wrap")
+    assert torch.allclose(wrapped[0, 0, 0], (tex[0, 0, 5] + tex[0, 0, 0]) / 2)
+    assert torch.allclose(backend.texture(tex, edge)[0, 0, 0], tex[0, 0, 5])  # clamp (default)
 
 
 def test_gradients_reach_texture_and_positions(backend):

@@ -8,8 +8,8 @@ reach `pos`, attributes and textures as they would with nvdiffrast.
 Differences from nvdiffrast (all documented, none affects the shared code paths):
 - Triangles with any vertex at w <= 0 (behind the camera) are dropped instead of clipped, and the
   near/far planes are not clipped; our scenes never straddle the camera plane.
-- `texture` has no mip-mapping: mip-mapped filter modes fall back to bilinear; wrap boundary mode
-  is implemented exactly ('clamp' is also accepted).
+- `texture` has no mip-mapping: mip-mapped filter modes fall back to bilinear. Boundary mode is
+  'clamp' by default like the CUDA backend's calls; 'wrap' is implemented exactly.
 - `antialias` approximates nvdiffrast's analytic silhouette antialiasing by blending silhouette
   pixels with their neighbours (see its docstring); it gives no gradient w.r.t. `pos`.
 """
@@ -179,11 +179,12 @@ class CpuBackend(RenderBackend):
         tex: torch.Tensor,
         uv: torch.Tensor,
         filter_mode: str = "linear",
-        boundary_mode: str = "wrap",
+        boundary_mode: str = "clamp",
     ) -> torch.Tensor:
         """nvdiffrast.texture: uv (0, 0) is the corner of texel [0, 0]; texel centres at
         ((j + 0.5) / W, (i + 0.5) / H). Bilinear ('linear', and the mip-mapped modes, which fall
-        back to it) or 'nearest'; boundary 'wrap' (nvdiffrast's default) or 'clamp'."""
+        back to it) or 'nearest'; boundary 'clamp' (what the CUDA backend passes, so both
+        backends agree at atlas borders) or 'wrap' (nvdiffrast's own default)."""
         if filter_mode not in ("nearest", "linear", "auto", "linear-mipmap-nearest",
                                "linear-mipmap-linear"):
             raise ValueError(f"unknown filter_mode {filter_mode!r}")
