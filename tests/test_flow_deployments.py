@@ -37,3 +37,33 @@ def test_stack_registers_pools_deployments_and_automation(prefect_stack: Prefect
                 assert schedules == []
         automations = client.read_automations_by_name(ZOMBIE_AUTOMATION)
         assert len(automations) == 1 and automations[0].trigger.within.total_seconds() == ZOMBIE_SECONDS
+
+
+def test_prefect_deploy_all_works_offline(prefect_stack: PrefectStack) -> None:
+    """`prefect deploy --all` from the checkout (as an operator would) creates every deployment of
+    prefect.yaml, with the checkout as the flow runs' working directory."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from deployments.definitions import register
+
+    with get_client(sync_client=True) as client:
+        for pool in {d.work_pool for d in DEPLOYMENTS}:
+            try:  # production pools (the Docker one) exist before deploying, as in infra/
+                client.create_work_pool(WorkPoolCreate(name=pool, type="docker" if "docker" in pool else "process"))
+            except ObjectAlreadyExists:
+                pass
+    env = stack.prefect_env(prefect_stack.home, prefect_stack.api_url, PWD=str(stack.PROJECT_ROOT))
+    try:
+        done = subprocess.run([stack.bin_path("prefect"), "--no-prompt", "deploy", "--all"], cwd=stack.PROJECT_ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        with get_client(sync_client=True) as client:
+            for d in DEPLOYMENTS:
+                deployment = client.read_deployment_by_name(f"{d.flow_name}/{d.name}")
+                assert deployment.work_pool_name == d.work_pool
+                step = deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]
+                assert step["directory"] in (d.pull_directory or str(stack.PROJECT_ROOT), "{{ $PWD }}")
+    finally:  # the other tests use the launcher's registration: restore it exactly
+        register(prefect_stack.api_url, gpu_slots=1, zombie_seconds=ZOMBIE_SECONDS)
