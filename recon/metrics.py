@@ -45,13 +45,27 @@ def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> floa
     return PSNR_CAP if mse <= 10 ** (-PSNR_CAP / 10) else min(PSNR_CAP, -10.0 * math.log10(mse))
 
 
-def ssim(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
-    """Mean SSIM (scikit-image defaults: 7x7 uniform window; data range 1) over `region`."""
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM (scikit-image defaults: 7x7 uniform window; data range 1), channel mean."""
     _, smap = structural_similarity(
         a.astype(np.float64), b.astype(np.float64), channel_axis=-1, data_range=1.0, full=True
     )
-    smap = smap.mean(axis=-1)
+    return smap.mean(axis=-1)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
+    """Mean SSIM over `region` (all pixels if None or empty)."""
+    smap = ssim_map(a, b)
     return float(smap[region].mean() if region is not None and region.any() else smap.mean())
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks (box-filter downsampling of a supersampled render)."""
+    if factor == 1:
+        return image
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, *image.shape[2:])
+    return blocks.mean(axis=(1, 3))
 
 
 def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -80,11 +94,12 @@ def compare_view(rendered: np.ndarray, rendered_mask: np.ndarray, image: np.ndar
     target = np.where(mask[..., None], image, 1.0)
     region = mask | rendered_mask
     union = int(region.sum())
+    smap = ssim_map(rendered, target)
     return {
         "psnr": psnr(rendered, target, region),
-        "ssim": ssim(rendered, target, region),
+        "ssim": float(smap[region].mean()) if union else float(smap.mean()),
         "psnr_full": psnr(rendered, target),
-        "ssim_full": ssim(rendered, target),
+        "ssim_full": float(smap.mean()),
         "mask_iou": float((mask & rendered_mask).sum() / union) if union else 1.0,
     }
 
@@ -96,21 +111,31 @@ def quality_report(
     backend: RenderBackend,
     model: str,
     max_resolution: int = 1024,
+    supersample: int = 2,
 ) -> dict[str, Any]:
-    """The content of quality.json for `mesh` against the six input views (see module doc)."""
+    """The content of quality.json for `mesh` against the six input views (see module doc).
+
+    Each view is rendered at min(view size, max_resolution) with supersample^2 samples per pixel
+    (box filter), because input images are antialiased (by their renderer or camera, and by the
+    area-averaging downsampling here): comparing them with a one-sample render would charge every
+    silhouette pixel a stair-step error that is not a reconstruction error.
+    """
     diagonal = float(np.linalg.norm(np.ptp(np.asarray(mesh.vertices), axis=0)))
     views = []
     for i, camera in enumerate(calibration.cameras):
         width, height = _render_size(camera.width, camera.height, max_resolution)
-        view = render_mesh(backend, camera.at_resolution(width, height), mesh.vertices, mesh.faces,
-                           mesh.uv, mesh.texture)
+        k = max(1, int(supersample))
+        view = render_mesh(backend, camera.at_resolution(width * k, height * k), mesh.vertices,
+                           mesh.faces, mesh.uv, mesh.texture)
+        colour = block_mean(view.color, k)
+        rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
         image = area_resize(inputs.images[i][..., :3].astype(np.float32), width, height)
         mask = area_resize(inputs.masks[i], width, height)
         entry: dict[str, Any] = {
             "name": inputs.names[i] if i < len(inputs.names) else "",
             "slot": camera.slot,
             "render_size": [width, height],
-            **compare_view(view.color, view.mask, image, mask),
+            **compare_view(colour, rendered_mask, image, mask),
         }
         entry["depth_error_pct"] = _depth_error_pct(mesh, calibration, i, backend, max_resolution,
                                                     diagonal)
@@ -137,12 +162,13 @@ def quality_report(
             "object_pixels": "union of the input mask and the rendered mask; SSIM map averaged "
             "over it",
             "full_frame": "input composited over white vs the render on white",
-            "resolution": f"rendered at min(view size, {max_resolution}) per side; inputs "
-            "downsampled by area averaging",
+            "resolution": f"rendered at min(view size, {max_resolution}) per side with "
+            f"{supersample}x{supersample} samples per pixel (box filter); inputs downsampled to "
+            "that size by area averaging",
             "ssim": "skimage.metrics.structural_similarity, 7x7 uniform window, data_range 1, "
             "mean over channels",
             "depth_error_pct": "mean |rendered z-depth - calibrated depth| where both exist, in % "
-            "of the mesh's bounding-box diagonal",
+            f"of the mesh's bounding-box diagonal, at min(depth size, {max_resolution // 2})",
             "psnr_cap_db": PSNR_CAP,
         },
         "vertices": int(len(mesh.vertices)),
@@ -159,7 +185,7 @@ def _depth_error_pct(mesh: TexturedMesh, calibration: Calibration, i: int, backe
         return None
     target = np.asarray(calibration.depths[i], dtype=np.float32)
     camera = calibration.depth_cameras[i]
-    width, height = _render_size(camera.width, camera.height, max_resolution)
+    width, height = _render_size(camera.width, camera.height, max(1, max_resolution // 2))
     if (width, height) != (target.shape[1], target.shape[0]):
         # Nearest-style downsampling keeps depth values real (no blending across edges).
         step_y, step_x = target.shape[0] / height, target.shape[1] / width
