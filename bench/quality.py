@@ -130,7 +130,7 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
     import trimesh
     from PIL import Image
 
-    from recon.metrics import compare_view
+    from recon.metrics import block_mean, compare_view
     from recon.render.views import render_mesh
 
     truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
@@ -142,9 +142,12 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
         true_mask = render_mesh(backend, cam, truth_mesh.vertices, truth_mesh.faces).mask
         c2w = cam.c2w.copy()
         c2w[:3, 3] *= scale
-        recon_cam = Camera(c2w, fov_est, cam.width, cam.height, cam.slot)
+        # 2x2 supersampled like the truth renders, so silhouettes are compared like for like.
+        recon_cam = Camera(c2w, fov_est, cam.width * 2, cam.height * 2, cam.slot)
         view = render_mesh(backend, recon_cam, mesh.vertices, mesh.faces, mesh.uv, mesh.texture)
-        scores.append(compare_view(view.color, view.mask, image, true_mask))
+        colour = block_mean(view.color, 2)
+        mask = block_mean(view.mask.astype(np.float32), 2) >= 0.5
+        scores.append(compare_view(colour, mask, image, true_mask))
     return {
         "novel_psnr": float(np.mean([s["psnr"] for s in scores])),
         "novel_ssim": float(np.mean([s["ssim"] for s in scores])),
