@@ -138,3 +138,17 @@ def test_metric_helpers_and_bands():
     assert quality_status(30, 0.8) == "warning"
     assert quality_status(19.9, 0.99) == "failure"
     assert quality_status(35, 0.74) == "failure"
+
+
+def test_chamfer_and_fscore_against_known_offsets():
+    from recon.evaluate import chamfer_fscore
+
+    truth = load_test_mesh("box")
+    same = chamfer_fscore(truth, truth, samples=2000)
+    assert same["chamfer_pct"] < 1e-6 and same["fscore"] == 1.0
+    moved = truth.copy()
+    moved.apply_scale(1.0 + 0.04)  # faces move outwards by 2% of their half extents
+    result = chamfer_fscore(moved, truth, samples=2000)
+    assert 0.3 < result["chamfer_pct"] < 2.0 and result["fscore"] < 0.5
+    # The farthest point moves by 4% of the half diagonal = 2% of the diagonal.
+    assert result["chamfer_pct"] <= result["hausdorff_pct"] <= 2.0 + 1e-6
