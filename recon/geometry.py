@@ -1,0 +1,239 @@
+"""Geometry: the depth-carved visual hull as a signed field, meshed by marching cubes (DESIGN §6.3).
+
+Each view says a point is outside the object if it projects outside the silhouette or lies in
+front of the observed depth. Both are signed distances in world units (the silhouette's image
+distance transform scaled by depth / focal; observed depth minus the point's depth), so
+`max(silhouette, depth)` is one view's signed field and the maximum over views is the field of
+the intersection: the visual hull carved by every depth map. Its zero level is found with
+sub-voxel accuracy by marching cubes.
+
+The field is evaluated coarse-to-fine: a grid of blocks is sampled at the block corners first
+and only blocks near the surface are sampled at full resolution, so 256^3 and more costs a few
+million evaluations instead of tens of millions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+from PIL import Image
+from scipy import ndimage
+from skimage.measure import marching_cubes
+
+from recon.errors import ModelFailed
+from recon.hooks import Hooks
+from recon.projection import normalized_coords, to_pixels
+from recon.rig import Camera
+from recon.types import Calibration, Inputs
+
+SILHOUETTE_RES = 1024  # silhouettes' distance transforms are computed at most at this size
+BLOCK = 4  # fine voxels per coarse block edge
+CHUNK = 1 << 20
+SMOOTH_STEP = 0.02  # depth steps larger than this (world units) between neighbours are edges  # points per field evaluation batch (bounds temporary memory)
+
+
+def fuse_geometry(
+    inputs: Inputs,
+    calibration: Calibration,
+    *,
+    resolution: int = 256,
+    face_budget: int = 100_000,
+    hooks: Hooks = Hooks(),
+) -> trimesh.Trimesh:
+    """A clean, decimated triangle mesh of the object in the rig's world frame."""
+    hooks.check()
+    field = SignedField(inputs, calibration)
+    hooks.progress(0.05, "geometry: silhouette distances")
+    lo, hi = field.bounds()
+    volume, spacing, active = _sample_coarse_to_fine(field, lo, hi, resolution, hooks.sub(0.05, 0.6))
+    hooks.check()
+    hooks.progress(0.65, "geometry: marching cubes")
+    mesh = _extract(volume, spacing, lo, active)
+    hooks.check()
+    hooks.progress(0.75, "geometry: cleanup")
+    mesh = clean_mesh(mesh)
+    if len(mesh.faces) > face_budget:
+        hooks.progress(0.85, "geometry: decimation")
+        mesh = mesh.simplify_quadric_decimation(face_count=face_budget)
+        mesh = clean_mesh(mesh)
+    hooks.progress(0.95, "geometry: smoothing")
+    trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=4)
+    hooks.progress(1.0, "geometry: done")
+    return mesh
+
+
+class SignedField:
+    """Signed distance-like field of the depth-carved visual hull, positive outside."""
+
+    def __init__(self, inputs: Inputs, calibration: Calibration) -> None:
+        self.sil_cams: list[Camera] = []
+        self.sil_sdf: list[np.ndarray] = []
+        for cam, mask in zip(calibration.cameras, inputs.masks):
+            sdf, scale = _silhouette_sdf(mask)
+            self.sil_sdf.append(sdf)
+            self.sil_cams.append(cam.at_resolution(sdf.shape[1], sdf.shape[0]))
+        self.depth_cams = calibration.depth_cameras
+        self.depths = [_DepthCells(d.astype(np.float32)) for d in calibration.depths]
+
+    def bounds(self, res: int = 64, bound: float = 1.3) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned box around the carved object, from a coarse pass, padded a little."""
+        axis = np.linspace(-bound, bound, res, dtype=np.float32)
+        pts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        inside = pts[self(pts) < 0]
+        if len(inside) == 0:
+            raise ModelFailed("The calibrated views do not agree on any volume (empty visual hull)")
+        step = 2 * bound / (res - 1)
+        return inside.min(axis=0) - 2 * step, inside.max(axis=0) + 2 * step
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        out = np.empty(len(points), np.float32)
+        for start in range(0, len(points), CHUNK):
+            out[start:start + CHUNK] = self._eval(points[start:start + CHUNK])
+        return out
+
+    def _eval(self, pts: np.ndarray) -> np.ndarray:
+        pts = pts.astype(np.float32, copy=False)
+        field = np.full(len(pts), -np.inf, np.float32)
+        for cam, sdf, dcam, depth in zip(self.sil_cams, self.sil_sdf, self.depth_cams, self.depths):
+            xn, yn, z = normalized_coords(cam, pts)
+            # silhouette: image distance (pixels) -> world units at the point's depth
+            px, py = to_pixels(cam, xn, yn)
+            sil = _bilinear(sdf, px, py, outside=np.float32(1e3))
+            sil *= np.maximum(z, np.float32(1e-3)) / np.float32(cam.focal)
+            np.maximum(field, sil, out=field)
+            dx, dy = to_pixels(dcam, xn, yn)
+            carve = depth.sample(dx, dy) - z  # > 0: in front of the visible surface
+            np.fmax(field, carve, out=field)  # NaN (no depth seen there) never wins
+        return field
+
+
+def _silhouette_sdf(mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """Signed distance to the silhouette edge in pixels (positive outside) at <= SILHOUETTE_RES."""
+    h, w = mask.shape
+    scale = min(1.0, SILHOUETTE_RES / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        soft = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX))
+        mask = soft >= 128
+    outside = ndimage.distance_transform_edt(~mask)
+    inside = ndimage.distance_transform_edt(mask)
+    sdf = np.where(mask, 0.5 - inside, outside - 0.5).astype(np.float32)
+    return sdf, scale
+
+
+def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray, outside: np.float32) -> np.ndarray:
+    """Bilinear sample at pixel coordinates (centres at +0.5); `outside` beyond the image."""
+    return ndimage.map_coordinates(img, [py - 0.5, px - 0.5], order=1, mode="constant",
+                                   cval=float(outside), prefilter=False)
+
+
+class _DepthCells:
+    """Per 2x2 cell of a depth map: the nearest valid depth and whether bilinear is safe."""
+
+    def __init__(self, depth: np.ndarray) -> None:
+        inf = np.float32(np.inf)
+        d = np.pad(depth, ((0, 1), (0, 1)))
+        quad = [d[:-1, :-1], d[:-1, 1:], d[1:, :-1], d[1:, 1:]]
+        valid = [q > 0 for q in quad]
+        nearest = np.minimum.reduce([np.where(v, q, inf) for q, v in zip(quad, valid)])
+        farthest = np.maximum.reduce(quad)
+        smooth = np.logical_and.reduce(valid) & (farthest - nearest < SMOOTH_STEP)
+        self.depth = depth
+        self.nearest = np.where(np.isfinite(nearest), nearest, np.nan).astype(np.float32)
+        self.smooth = smooth
+
+    def sample(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        """Observed metric depth at pixel coordinates; NaN where the view saw no surface.
+
+        Bilinear where the four neighbours are valid and close together; at depth edges (object
+        boundary, occlusion steps) the nearest of the valid neighbours, which carves the least.
+        """
+        h, w = self.depth.shape
+        x = px - 0.5
+        y = py - 0.5
+        inb = (x > -1) & (x < w) & (y > -1) & (y < h)
+        x0 = np.clip(np.floor(x), 0, w - 1).astype(np.int32)
+        y0 = np.clip(np.floor(y), 0, h - 1).astype(np.int32)
+        cell = y0 * w + x0
+        bil = ndimage.map_coordinates(self.depth, [y, x], order=1, mode="nearest", prefilter=False)
+        out = np.where(self.smooth.reshape(-1)[cell], bil, self.nearest.reshape(-1)[cell])
+        out[~inb] = np.nan
+        return out
+
+
+def _sample_coarse_to_fine(field: SignedField, lo: np.ndarray, hi: np.ndarray, resolution: int,
+                           hooks: Hooks) -> tuple[np.ndarray, float, np.ndarray]:
+    """Dense field volume at `resolution` along the longest side, exact only near the surface.
+
+    Returns (volume, spacing, active) where `active` marks the fine samples that were evaluated.
+    Blocks whose corners all lie farther from the surface than a block's diagonal keep the sign
+    of their corners (the field is larger than the true distance, never smaller, so a block
+    whose corners are all far cannot hide a surface).
+    """
+    spacing = float((hi - lo).max()) / resolution
+    nblocks = np.maximum(np.ceil((hi - lo) / (spacing * BLOCK)).astype(int), 1)
+    n = nblocks * BLOCK + 1  # fine samples per axis
+    corners = [lo[a] + spacing * BLOCK * np.arange(nblocks[a] + 1, dtype=np.float32) for a in range(3)]
+    cpts = np.stack(np.meshgrid(*corners, indexing="ij"), -1).reshape(-1, 3)
+    coarse = field(cpts).reshape(*(nblocks + 1))
+    hooks.progress(0.2, "geometry: coarse field")
+    diag = spacing * BLOCK * np.sqrt(3.0)
+    near = np.abs(coarse) < 1.5 * diag
+    # a block is active if any corner is near the surface or its corners disagree in sign
+    c = coarse > 0
+    blk_any_near = np.zeros(nblocks, bool)
+    blk_pos = np.zeros(nblocks, bool)
+    blk_neg = np.zeros(nblocks, bool)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                sl = (slice(dx, dx + nblocks[0]), slice(dy, dy + nblocks[1]), slice(dz, dz + nblocks[2]))
+                blk_any_near |= near[sl]
+                blk_pos |= c[sl]
+                blk_neg |= ~c[sl]
+    active_blocks = blk_any_near | (blk_pos & blk_neg)
+    # every fine sample on an active block (its corners included) is evaluated exactly once
+    active = np.zeros(tuple(n), bool)
+    for dx in range(BLOCK + 1):
+        for dy in range(BLOCK + 1):
+            for dz in range(BLOCK + 1):
+                active[dx:dx + nblocks[0] * BLOCK:BLOCK, dy:dy + nblocks[1] * BLOCK:BLOCK,
+                       dz:dz + nblocks[2] * BLOCK:BLOCK] |= active_blocks
+    # the others take the sign of the nearest coarse corner
+    idx = [np.minimum(np.round(np.arange(n[a]) / BLOCK).astype(int), nblocks[a]) for a in range(3)]
+    volume = np.where(coarse[np.ix_(*idx)] > 0, np.float32(diag), np.float32(-diag))
+    flat = np.flatnonzero(active)
+    step = np.float32(spacing)
+    for start in range(0, len(flat), CHUNK):
+        hooks.check()
+        i, j, k = np.unravel_index(flat[start:start + CHUNK], active.shape)
+        pts = np.stack([i, j, k], 1).astype(np.float32) * step + lo.astype(np.float32)
+        volume.reshape(-1)[flat[start:start + CHUNK]] = field(pts)
+        hooks.progress(0.2 + 0.8 * min(1.0, (start + CHUNK) / len(flat)), "geometry: fine field")
+    return volume, spacing, active
+
+
+def _extract(volume: np.ndarray, spacing: float, lo: np.ndarray, active: np.ndarray) -> trimesh.Trimesh:
+    """Marching cubes at level 0 over the evaluated region, in world coordinates, normals out."""
+    if not (volume.min() < 0 < volume.max()):
+        raise ModelFailed("The fused volume has no surface (the views disagree)")
+    verts, faces, _, _ = marching_cubes(volume, level=0.0, spacing=(spacing,) * 3, mask=active,
+                                        allow_degenerate=False)
+    mesh = trimesh.Trimesh(verts + lo, faces, process=False)
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def clean_mesh(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Largest connected piece, no degenerate or duplicate faces, small holes filled."""
+    mesh.update_faces(mesh.nondegenerate_faces())
+    mesh.update_faces(mesh.unique_faces())
+    mesh.remove_unreferenced_vertices()
+    parts = mesh.split(only_watertight=False)
+    if len(parts) > 1:
+        mesh = max(parts, key=lambda m: len(m.faces))
+    trimesh.repair.fill_holes(mesh)
+    if len(mesh.faces) == 0:
+        raise ModelFailed("Geometry cleanup removed every face")
+    return mesh
