@@ -47,14 +47,18 @@ SECRET_VARIABLES: dict[str, str] = {
 }
 # RECON_* variables only the API reads; a flow-run container has no use for them.
 API_ONLY_VARIABLES = frozenset({"RECON_API_KEYS", "RECON_RATE_LIMIT_PER_MINUTE", "RECON_API_HOST", "RECON_API_PORT"})
+# Prefect settings of the flow-run process itself that the containers must share with the workers.
+FLOW_RUN_PREFECT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_LOGGING_LEVEL")
 # What a GPU flow-run container always needs, whatever the creating process had.
 FIXED_JOB_ENV: dict[str, str] = {"RECON_DEVICE": "cuda", "RECON_MODEL_CACHE_DIR": CACHE_MOUNT}
 
 
 def job_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The env of every flow-run container: the RECON_* settings of `environ` (the process that
-    creates the pool runs with the same .env as the workers), secrets as block references."""
-    env = {k: v for k, v in environ.items() if k.startswith("RECON_") and k not in API_ONLY_VARIABLES}
+    creates the pool runs with the same .env as the workers) and its flow-run heartbeat setting,
+    secrets as block references. PREFECT_API_URL is not here: the worker adds its own."""
+    env = {k: v for k, v in environ.items()
+           if (k.startswith("RECON_") and k not in API_ONLY_VARIABLES) or k in FLOW_RUN_PREFECT_VARIABLES}
     for variable, block in SECRET_VARIABLES.items():
         if variable in env:
             env[variable] = "{{ prefect.blocks.secret.%s }}" % block

@@ -13,12 +13,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from deployments import docker_pool
+from deployments import docker_pool, stack
+from deployments.definitions import ZOMBIE_AUTOMATION
 from deployments.stack import PROJECT_ROOT
 
 INFRA = PROJECT_ROOT / "infra"
@@ -201,13 +202,29 @@ async def read_state(pool_name: str) -> dict[str, Any]:
     async with get_client() as client:
         pool = await client.read_work_pool(pool_name)
         deployments = {f"{d.name}": d for d in await client.read_deployments()}
+        automations = await client.read_automations_by_name(ZOMBIE_AUTOMATION)
     secrets = {name: (await Secret.aload(name)).get() for name in docker_pool.SECRET_VARIABLES.values()}
-    return {"pool": pool, "deployments": deployments, "secrets": secrets}
+    return {"pool": pool, "deployments": deployments, "secrets": secrets, "automations": automations}
 
 
 @pytest.fixture(scope="module")
-def deployed(prefect_server: str, compose: dict[str, Any]) -> dict[str, Any]:
-    done = run_compose_deploy(compose, prefect_server)
+def infra_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server of this module's own: the deploy script's `prefect deploy --all` and its
+    zombie automation would otherwise rewrite what the shared stack's tests rely on."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("infra-prefect")
+    proc, url = stack.start_prefect_server(home, stack.free_port(), home / "logs", ui=False)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def deployed(infra_server: str, compose: dict[str, Any]) -> dict[str, Any]:
+    done = run_compose_deploy(compose, infra_server)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return asyncio.run(read_state(docker_pool.DOCKER_POOL))
 
@@ -230,6 +247,9 @@ def test_compose_deploy_creates_the_pool_and_registers_prefect_yaml(deployed: di
     assert docker.work_pool_name == docker_pool.DOCKER_POOL
     assert docker.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}]
     assert deployed["deployments"]["reconstruct"].work_pool_name == "gpu"
+    [automation] = deployed["automations"]
+    assert automation.trigger.within.total_seconds() == int(example["RECON_ZOMBIE_SECONDS"])
+    assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"  # flow-run containers send heartbeats
 
 
 async def render_for_a_flow_run(deployment_id: Any) -> Any:
