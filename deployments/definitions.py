@@ -168,6 +168,10 @@ def zombie_automation(silence_seconds: int) -> Any:
                 "prefect.flow-run.Failed",
                 "prefect.flow-run.Cancelled",
                 "prefect.flow-run.Crashed",
+                # requeued by the launcher or waiting to retry: not running, so not a zombie
+                "prefect.flow-run.Scheduled",
+                "prefect.flow-run.AwaitingRetry",
+                "prefect.flow-run.Paused",
             },
             match={"prefect.resource.id": ["prefect.flow-run.*"]},
             for_each={"prefect.resource.id"},
