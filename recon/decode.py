@@ -23,6 +23,7 @@ from recon.rig import SLOTS, Camera
 from recon.types import Inputs
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # same default as jobs.settings.Settings.max_pixels
+BACKGROUND_TOLERANCE = 0.04  # colour distance (max over channels) still counted as background
 VIEW_FIELD, DEPTH_FIELD, TRANSFORMS_FIELD = "views", "depth_renders", "transforms"
 
 # PIL modes a PNG decodes to, and the largest value of each (for normalising to [0, 1]).
@@ -185,26 +186,30 @@ def _mask_from_depth_and_colour(rgb: np.ndarray, depth_mask: np.ndarray) -> np.n
 
     The depth mask (depth > 0) is reliable but coarse when depths are smaller than the views; a
     plain background (estimated from the image border) gives pixel-exact edges but misses
-    object parts of the background's colour. So: colour decides within a few pixels of the
-    upsampled depth edge, depth decides elsewhere.
+    object parts of the background's colour. So: colour decides in a band of one depth pixel
+    either side of the depth mask's edge, depth decides elsewhere. The band is built at depth
+    resolution and only its pixels are compared with the background (fast at 2048^2).
     """
     h, w = rgb.shape[:2]
-    dmask = _resize_mask(depth_mask, w, h)
+    inner = _resize_mask(ndimage.binary_erosion(depth_mask), w, h)
+    outer = _resize_mask(ndimage.binary_dilation(depth_mask), w, h)
     bg = _border_background(rgb)
     if bg is None:
-        return dmask
-    colour_mask = np.abs(rgb - bg).max(axis=2) > 0.04
-    band = max(2, int(math.ceil(max(w / depth_mask.shape[1], h / depth_mask.shape[0]))) + 1)
-    inner = ndimage.binary_erosion(dmask, iterations=band)
-    outer = ndimage.binary_dilation(dmask, iterations=band)
-    mask = inner | (colour_mask & outer)
-    return ndimage.binary_fill_holes(mask) if mask.any() else dmask
+        return _resize_mask(depth_mask, w, h)
+    band = outer & ~inner
+    mask = inner.copy()
+    mask[band] = np.abs(rgb[band] - bg).max(axis=1) > BACKGROUND_TOLERANCE
+    return mask
 
 
 def _resize_mask(mask: np.ndarray, w: int, h: int) -> np.ndarray:
-    if mask.shape == (h, w):
+    """Nearest-neighbour resize (exact repeat for integer factors)."""
+    mh, mw = mask.shape
+    if (mh, mw) == (h, w):
         return mask
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.BILINEAR)
+    if h % mh == 0 and w % mw == 0:
+        return np.repeat(np.repeat(mask, h // mh, axis=0), w // mw, axis=1)
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)
     return np.asarray(img) >= 128
 
 
@@ -212,7 +217,7 @@ def _border_background(rgb: np.ndarray) -> np.ndarray | None:
     """The plain background colour if the image border is (nearly) one colour, else None."""
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     colour = np.median(border, axis=0)
-    close = np.abs(border - colour).max(axis=1) < 0.04
+    close = np.abs(border - colour).max(axis=1) < BACKGROUND_TOLERANCE
     return colour if close.mean() > 0.95 else None
 
 
