@@ -6,10 +6,14 @@ surface the cameras actually saw, in the rig's frame; every observed point shoul
 generated surface, so we align in that direction (observed -> generated), which is robust to the
 parts the generator completed where no view looked.
 
-Search: principal axes of both point sets give 48 candidate orientations (every signed
-permutation of the axes, mirrors included), each refined by scaled ICP (trimesh.registration.icp);
-the best by trimmed residual is checked against the silhouettes. Reported residuals go into
-quality.json.
+Search: the principal axes of both point sets give 48 starting orientations (every signed
+permutation of the axes, mirrors included, because PCA fixes axes only up to order and sign and
+generators differ in handedness). Each start runs a short trimmed, scaled ICP on small point sets;
+the few best distinct results are refined on dense points with point-to-plane correspondences.
+Results whose depth residuals are nearly tied (symmetric objects such as a cup) are told apart by
+silhouette IoU against the input masks. The kd-tree of the generated surface is built once in
+the generated frame and the observed points are mapped into it, so the whole search costs about
+a second of CPU. Reported residuals go into quality.json.
 """
 
 from __future__ import annotations
@@ -26,6 +30,15 @@ from scipy.spatial import cKDTree
 from recon.hooks import Hooks
 from recon.types import Calibration, Inputs
 
+COARSE_TARGET, COARSE_SOURCE = 800, 3000
+SCREEN_ITERATIONS, SURVIVORS, COARSE_ITERATIONS = 6, 8, 20  # every start, then the best few
+FINE_TARGET, FINE_SOURCE, FINE_ITERATIONS = 10000, 30000, 20
+FINALISTS = 3  # distinct coarse results refined on dense points
+TRIM = 0.9  # share of correspondences kept per ICP step (drops flying pixels, generator errors)
+TIE = 1.3  # finalists within this factor of the best residual are compared by silhouette IoU
+SILHOUETTE_RES = 128  # silhouettes are compared at most at this size
+REJECT_RATIO, REJECT_MIN_PCT = 3.0, 0.5  # a view this far off (x median, % of diagonal) is dropped
+
 
 @dataclass
 class Alignment:
@@ -33,6 +46,8 @@ class Alignment:
 
     residual_pct: trimmed mean distance from observed points to the aligned surface, in % of the
     aligned mesh's bounding-box diagonal. inlier_fraction: observed points within 1% of it.
+    silhouette_iou: mean IoU of the aligned mesh's silhouettes with the input masks.
+    views_rejected: slots whose calibrated depth disagreed with the rest and was left out.
     """
 
     matrix: np.ndarray
@@ -42,7 +57,8 @@ class Alignment:
     inlier_fraction: float
     silhouette_iou: float
     candidates: int
-    scores: list[float] = field(default_factory=list)
+    views_rejected: list[str] = field(default_factory=list)
+    finalists: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,17 +69,21 @@ class Alignment:
             "inlier_fraction_at_1pct": self.inlier_fraction,
             "silhouette_iou": self.silhouette_iou,
             "candidates_tried": self.candidates,
+            "views_rejected": self.views_rejected,
+            "finalists": self.finalists,
         }
 
 
-def observed_points(calibration: Calibration, max_points: int = 30000, seed: int = 0) -> np.ndarray:
-    """Back-project every view's calibrated depth into world points (N, 3).
+def observed_points(calibration: Calibration, max_points: int = 30000,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Back-project every view's calibrated depth into world points (N, 3), with each point's
+    view index (N,).
 
     Pixels within two pixels of a silhouette edge are dropped: depth there mixes foreground and
     background ("flying pixels") and would pull the fit outwards.
     """
-    chunks = []
-    for cam, depth in zip(calibration.depth_cameras, calibration.depths):
+    chunks, views = [], []
+    for k, (cam, depth) in enumerate(zip(calibration.depth_cameras, calibration.depths)):
         valid = ndimage.binary_erosion(depth > 0, iterations=2)
         rows, cols = np.nonzero(valid)
         z = depth[rows, cols]
@@ -72,10 +92,12 @@ def observed_points(calibration: Calibration, max_points: int = 30000, seed: int
         y = -(rows + 0.5 - cam.height / 2) / f * z
         pts_cam = np.stack([x, y, -z], axis=1)
         chunks.append(pts_cam @ cam.c2w[:3, :3].T + cam.c2w[:3, 3])
-    points = np.concatenate(chunks)
+        views.append(np.full(len(z), k))
+    points, view_index = np.concatenate(chunks), np.concatenate(views)
     if len(points) > max_points:
-        points = points[np.random.default_rng(seed).choice(len(points), max_points, replace=False)]
-    return points
+        pick = np.random.default_rng(seed).choice(len(points), max_points, replace=False)
+        points, view_index = points[pick], view_index[pick]
+    return points, view_index
 
 
 def _principal_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -105,23 +127,60 @@ def _similarity(scale: float, rotation: np.ndarray, src_c: np.ndarray, dst_c: np
     return m
 
 
-def _trimmed_residual(tree: cKDTree, points: np.ndarray, keep: float = 0.9) -> float:
-    dist, _ = tree.query(points)
-    return float(np.sort(dist)[: max(1, int(len(dist) * keep))].mean())
+def _umeyama(src: np.ndarray, dst: np.ndarray, handedness: float) -> np.ndarray:
+    """Least-squares similarity src -> dst (Umeyama 1991) whose linear part keeps the sign of
+    `handedness` (+1 rotation, -1 rotation with a mirror): ICP must not flip chirality mid-way."""
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    s, d = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    fix = np.ones(3)
+    if np.linalg.det(u) * np.linalg.det(vt) * handedness < 0:
+        fix[2] = -1.0
+    linear = u @ np.diag(fix) @ vt
+    var = float((s**2).sum(axis=1).mean())
+    scale = float((sig * fix).sum() / var) if var > 0 else 1.0
+    m = np.eye(4)
+    m[:3, :3] = scale * linear
+    m[:3, 3] = mu_d - scale * linear @ mu_s
+    return m
 
 
-def _silhouette_iou(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, calibration: Calibration) -> float:
-    """Mean IoU of the aligned mesh's silhouettes with the input masks (at depth resolution)."""
-    from recon.render import get_backend
-    from recon.render.views import render_mesh
+class _Surface:
+    """Samples of the generated surface with normals and a kd-tree, all in the generated frame."""
 
-    backend = get_backend("cpu")
-    ious = []
-    for cam, mask in zip(calibration.depth_cameras, inputs.depth_masks):
-        rendered = render_mesh(backend, cam, vertices, faces).mask
-        union = np.logical_or(rendered, mask).sum()
-        ious.append(np.logical_and(rendered, mask).sum() / union if union else 0.0)
-    return float(np.mean(ious))
+    def __init__(self, mesh: trimesh.Trimesh, count: int, seed: int) -> None:
+        self.points, face_index = trimesh.sample.sample_surface(mesh, count, seed=seed)
+        self.normals = mesh.face_normals[face_index]
+        self.tree = cKDTree(self.points)
+
+    def icp(self, matrix: np.ndarray, target: np.ndarray, iterations: int,
+            plane: bool) -> tuple[np.ndarray, float]:
+        """Trimmed scaled ICP of the generated surface onto `target` (rig frame), from `matrix`.
+
+        Observed points are mapped into the generated frame to find their nearest sample, so the
+        tree is never rebuilt. plane=True snaps each correspondence onto the sample's tangent
+        plane (point-to-plane ICP solved in closed form), which removes the sampling bias.
+        """
+        handedness = float(np.sign(np.linalg.det(matrix[:3, :3])))
+        residual = np.inf
+        for _ in range(iterations):
+            inverse = np.linalg.inv(matrix)
+            local = target @ inverse[:3, :3].T + inverse[:3, 3]
+            _, idx = self.tree.query(local)
+            corr = self.points[idx]
+            if plane:
+                n = self.normals[idx]
+                corr = local - n * ((local - corr) * n).sum(axis=1, keepdims=True)
+            mapped = corr @ matrix[:3, :3].T + matrix[:3, 3]
+            dist = np.linalg.norm(mapped - target, axis=1)
+            keep = dist <= np.quantile(dist, TRIM)
+            new_residual = float(dist[keep].mean())
+            matrix = _umeyama(corr[keep], target[keep], handedness)
+            if residual - new_residual < 1e-6 * residual:
+                residual = new_residual
+                break
+            residual = new_residual
+        return matrix, residual
 
 
 def align_to_rig(
@@ -135,68 +194,123 @@ def align_to_rig(
     seed: int = 0,
 ) -> Alignment:
     """Find the similarity transform that puts a generated mesh onto the observed surface."""
-    target = observed_points(calibration, seed=seed)
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    source = np.asarray(mesh.sample(30000, seed=seed) if hasattr(mesh, "sample") else vertices)
-    t_c, t_axes, t_r = _principal_frame(target)
-    s_c, s_axes, s_r = _principal_frame(source)
-    scale0 = t_r / s_r
-
+    hooks.check()
     rng = np.random.default_rng(seed)
-    coarse_target = target[rng.choice(len(target), min(3000, len(target)), replace=False)]
-    coarse_source = source[rng.choice(len(source), min(6000, len(source)), replace=False)]
+    target, view_index = observed_points(calibration, max_points=FINE_TARGET, seed=seed)
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    fine = _Surface(mesh, FINE_SOURCE, seed)
+    coarse = _Surface(mesh, COARSE_SOURCE, seed + 1)
+    coarse_target = target[rng.choice(len(target), min(COARSE_TARGET, len(target)), replace=False)]
+    t_c, t_axes, t_r = _principal_frame(target)
+    s_c, s_axes, s_r = _principal_frame(fine.points)
 
-    candidates = []
     perms = _signed_permutations(allow_mirror)
+    candidates = []
     for k, perm in enumerate(perms):
         if k % 8 == 0:
             hooks.check()
             hooks.progress(0.6 * k / len(perms), "aligning generated mesh")
-        rotation = t_axes @ perm @ s_axes.T
-        init = _similarity(scale0, rotation, s_c, t_c)
-        candidates.append(_refine(init, coarse_source, coarse_target, iterations=15))
+        init = _similarity(t_r / s_r, t_axes @ perm @ s_axes.T, s_c, t_c)
+        candidates.append(coarse.icp(init, coarse_target, SCREEN_ITERATIONS, plane=False))
     candidates.sort(key=lambda c: c[1])
+    candidates = sorted((coarse.icp(m, coarse_target, COARSE_ITERATIONS, plane=False)
+                         for m, _ in _distinct(candidates, t_r, SURVIVORS)), key=lambda c: c[1])
 
-    best = None
-    for matrix, _ in candidates[:3]:
+    finalists: list[tuple[np.ndarray, float]] = []
+    for matrix, _ in _distinct(candidates, t_r, FINALISTS):
         hooks.check()
-        refined, residual = _refine(matrix, source, target, iterations=30)
-        if best is None or residual < best[1]:
-            best = (refined, residual)
-    hooks.progress(0.9, "checking silhouettes")
-    matrix, residual = best
+        finalists.append(fine.icp(matrix, target, FINE_ITERATIONS, plane=True))
+    hooks.progress(0.8, "checking silhouettes")
+    best_residual = min(r for _, r in finalists)
+    tied = [(m, r) for m, r in finalists if r <= TIE * best_residual]
+    scored = [(m, r, _silhouette_iou(vertices, faces, m, inputs, calibration)) for m, r in tied]
+    matrix, residual, iou = max(scored, key=lambda c: (round(c[2], 3), -c[1]))
+    chosen = matrix
+
     aligned = trimesh.transform_points(vertices, matrix)
     diag = float(np.linalg.norm(aligned.max(axis=0) - aligned.min(axis=0)))
-    tree = cKDTree(trimesh.transform_points(source, matrix))
-    dist, _ = tree.query(target)
-    linear = matrix[:3, :3]
-    det = float(np.linalg.det(linear))
-    out_faces = faces[:, ::-1] if det < 0 else faces
+    rejected = _disagreeing_views(fine, matrix, target, view_index, diag)
+    if rejected:
+        hooks.progress(0.9, "refitting without disagreeing views")
+        keep = ~np.isin(view_index, rejected)
+        matrix, residual = fine.icp(matrix, target[keep], FINE_ITERATIONS, plane=True)
+        target, view_index = target[keep], view_index[keep]
+        aligned = trimesh.transform_points(vertices, matrix)
+        diag = float(np.linalg.norm(aligned.max(axis=0) - aligned.min(axis=0)))
+    hooks.progress(1.0, "aligned")
+    dist = _distances(fine, matrix, target)
+    det = float(np.linalg.det(matrix[:3, :3]))
     return Alignment(
         matrix=matrix,
         scale=float(abs(det) ** (1 / 3)),
         mirrored=det < 0,
         residual_pct=100.0 * residual / diag,
         inlier_fraction=float((dist < 0.01 * diag).mean()),
-        silhouette_iou=_silhouette_iou(aligned, out_faces, inputs, calibration),
+        silhouette_iou=iou,
         candidates=len(perms),
-        scores=[float(c[1]) for c in candidates[:5]],
+        views_rejected=[calibration.depth_cameras[k].slot or str(k) for k in rejected],
+        finalists=[{"residual_pct_of_diagonal": 100.0 * r / diag, "silhouette_iou": i,
+                    "chosen": m is chosen} for m, r, i in scored]
+        + [{"residual_pct_of_diagonal": 100.0 * r / diag, "chosen": False}
+           for m, r in finalists if r > TIE * best_residual],
     )
 
 
-def _refine(init: np.ndarray, source: np.ndarray, target: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
-    """Scaled ICP of the observed points onto the transformed generated points.
+def _distances(surface: _Surface, matrix: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rig-frame distances from observed points to the nearest generated sample under `matrix`."""
+    inverse = np.linalg.inv(matrix)
+    dist, _ = surface.tree.query(target @ inverse[:3, :3].T + inverse[:3, 3])
+    return dist * abs(np.linalg.det(matrix[:3, :3])) ** (1 / 3)
 
-    trimesh's icp moves `a` onto `b`; we move the target onto the (transformed) source and invert,
-    so every observed point seeks the generated surface, not the other way round.
+
+def _disagreeing_views(surface: _Surface, matrix: np.ndarray, target: np.ndarray,
+                       view_index: np.ndarray, diag: float) -> list[int]:
+    """Views whose observed points sit far off the aligned surface while the others fit it.
+
+    A view's depth encoding that calibration got wrong (e.g. inverted on a symmetric object) is
+    a whole view of wrong points, more than trimming absorbs; it would tilt or scale the fit. At
+    most two views are dropped, and only when the rest agree (median ratio REJECT_RATIO).
     """
-    moved = trimesh.transform_points(source, init)
-    inverse, _, _ = trimesh.registration.icp(
-        target, moved, max_iterations=iterations, threshold=1e-7, reflection=False, scale=True
-    )
-    matrix = np.linalg.inv(inverse) @ init
-    tree = cKDTree(trimesh.transform_points(source, matrix))
-    return matrix, _trimmed_residual(tree, target)
+    dist = _distances(surface, matrix, target)
+    medians = {k: float(np.median(dist[view_index == k])) for k in np.unique(view_index)}
+    typical = float(np.median(list(medians.values())))
+    bad = [k for k, m in medians.items() if m > max(REJECT_RATIO * typical, REJECT_MIN_PCT / 100 * diag)]
+    return sorted(bad, key=lambda k: -medians[k])[:2] if len(medians) - len(bad) >= 3 else []
+
+
+def _distinct(candidates: list[tuple[np.ndarray, float]], radius: float,
+              limit: int) -> list[tuple[np.ndarray, float]]:
+    """The best `limit` candidates that are not the same transform (converged starts coincide)."""
+    out: list[tuple[np.ndarray, float]] = []
+    for matrix, residual in candidates:
+        if all(np.abs(matrix - other).max() > 0.05 * max(radius, 1e-9) for other, _ in out):
+            out.append((matrix, residual))
+        if len(out) == limit:
+            break
+    return out
+
+
+def _silhouette_iou(vertices: np.ndarray, faces: np.ndarray, matrix: np.ndarray, inputs: Inputs,
+                    calibration: Calibration) -> float:
+    """Mean IoU of the transformed mesh's silhouettes with the input depth masks, at low size."""
+    from PIL import Image
+
+    from recon.render import get_backend
+    from recon.render.views import render_mesh
+
+    aligned = trimesh.transform_points(vertices, matrix)
+    if np.linalg.det(matrix[:3, :3]) < 0:
+        faces = faces[:, ::-1]
+    backend = get_backend("cpu")
+    ious = []
+    for cam, mask in zip(calibration.depth_cameras, inputs.depth_masks):
+        factor = min(1.0, SILHOUETTE_RES / max(cam.width, cam.height))
+        w, h = max(1, round(cam.width * factor)), max(1, round(cam.height * factor))
+        rendered = render_mesh(backend, cam.at_resolution(w, h), aligned, faces).mask
+        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.BOX)) >= 128
+        union = np.logical_or(rendered, small).sum()
+        ious.append(np.logical_and(rendered, small).sum() / union if union else 0.0)
+    return float(np.mean(ious))
 
 
 def apply_alignment(vertices: np.ndarray, faces: np.ndarray, alignment: Alignment) -> tuple[np.ndarray, np.ndarray]:
