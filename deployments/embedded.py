@@ -124,6 +124,7 @@ class EmbeddedStack:
         for p in self.procs:
             if p.name.startswith("worker"):
                 p.stop()
+        stack.end_flow_run_processes(running)
         if running:
             try:
                 say(f"requeued {requeue(self.prefect_api, running)} interrupted run(s); they resume on the next start")

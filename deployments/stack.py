@@ -188,3 +188,44 @@ def start_api(home: Path, api_url: str, host: str, port: int, log_dir: Path, env
     wait_until(lambda: httpx.get(f"http://{host}:{port}/health", timeout=5).status_code in (200, 503), timeout,
                f"the API's /health on port {port}", proc)
     return proc
+
+
+def flow_run_pids(flow_run_id: str) -> list[int]:
+    """Local processes executing a flow run (the process worker passes the run's id in their
+    environment; they run in their own process group, so stopping a worker does not reach them)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def end_flow_run_processes(flow_run_ids: list[str], grace: float = 10.0) -> None:
+    """SIGTERM the local processes of these runs, wait up to `grace` s, then SIGKILL the rest, so
+    that nothing reports a state for them after the caller requeues them."""
+    pids = [pid for run_id in flow_run_ids for pid in flow_run_pids(run_id)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True

@@ -67,3 +67,12 @@ def test_prefect_deploy_all_works_offline(prefect_stack: PrefectStack) -> None:
                 assert step["directory"] in (d.pull_directory or str(stack.PROJECT_ROOT), "{{ $PWD }}")
     finally:  # the other tests use the launcher's registration: restore it exactly
         register(prefect_stack.api_url, gpu_slots=1, zombie_seconds=ZOMBIE_SECONDS)
+
+
+def test_readme_documents_every_setting_and_both_commands() -> None:
+    from jobs.settings import Settings
+
+    readme = (stack.PROJECT_ROOT / "README.md").read_text()
+    missing = [f"RECON_{name.upper()}" for name in Settings.model_fields if f"`RECON_{name.upper()}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"
+    assert "make run" in readme and "make test" in readme and "## Production" in readme
