@@ -22,6 +22,7 @@ from recon.align import Alignment, align_to_rig, apply_alignment
 from recon.errors import ModelFailed, VramOOM
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
+from recon.render.base import RenderBackend
 from recon.types import Calibration, Inputs
 
 UPSTREAM_MODULE = "trellis.pipelines"
@@ -46,28 +47,35 @@ def finish_generated_mesh(
     *,
     vertex_colors: np.ndarray | None = None,
     texture_size: int = 2048,
+    backend: RenderBackend | None = None,
     hooks: Hooks = Hooks(),
 ) -> TexturedMesh:
     """Align any externally generated mesh to the rig and re-texture it from the views.
 
-    Generated colours (if any) survive only on texels no view sees (bake_texture's fallback).
+    Generated colours (per vertex, [0, 1]) survive only on texels no view sees (bake_texture's
+    fallback). mesh.info gets the alignment residuals (quality.json's engine_info).
     """
     from recon.texture import bake_texture
 
     started = time.perf_counter()
-    alignment: Alignment = align_to_rig(vertices, faces, inputs, calibration, hooks=hooks.sub(0.0, 0.5))
+    alignment: Alignment = align_to_rig(vertices, faces, inputs, calibration, hooks=hooks.sub(0.0, 0.4))
     aligned_v, aligned_f = apply_alignment(vertices, faces, alignment)
+    align_s = time.perf_counter() - started
     mesh = bake_texture(
         aligned_v,
         aligned_f,
         inputs,
         calibration,
         texture_size=texture_size,
-        hooks=hooks.sub(0.5, 1.0),
+        backend=backend,
+        hooks=hooks.sub(0.4, 1.0),
         fallback_colors=vertex_colors,
     )
     mesh.info["alignment"] = alignment.to_dict()
-    mesh.info["alignment_seconds"] = round(time.perf_counter() - started, 3)
+    mesh.info["generated"] = {"vertices": int(len(vertices)), "faces": int(len(faces)),
+                              "colours": vertex_colors is not None}
+    mesh.info.setdefault("timings", {}).update({
+        "align_s": round(align_s, 3), "texture_s": round(time.perf_counter() - started - align_s, 3)})
     return mesh
 
 
@@ -81,6 +89,7 @@ class ReconViaGenEngine:
     def __init__(self) -> None:
         self._pipeline: Any = None
         self._loaded_from: Path | None = None
+        self._device = "cuda"
 
     def unavailable_reason(self, device: str) -> str | None:
         if importlib.util.find_spec("trellis") is None:
@@ -98,24 +107,35 @@ class ReconViaGenEngine:
             raise ModelFailed(reason, model=self.name, pipeline_stage="load_weights")
         if weights_dir is None:
             raise ModelFailed("ReconViaGen weights were not provided", model=self.name, pipeline_stage="load_weights")
-        if self._pipeline is not None and self._loaded_from == weights_dir:
+        if self._pipeline is not None and self._loaded_from == weights_dir and self._device == device:
             return
+        import torch
+
         module = importlib.import_module(UPSTREAM_MODULE)
         pipeline_cls = getattr(module, UPSTREAM_CLASS)
         try:
-            pipeline = pipeline_cls.from_pretrained(str(weights_dir))
-            pipeline.cuda()
+            pipeline = pipeline_cls.from_pretrained(str(weights_dir))  # a local folder: no download
+            target = torch.device(device)
+            pipeline.to(target)
+            # the VGGT feature network and the matting network live outside `pipeline.models`
+            for extra in ("VGGT_model", "birefnet_model"):
+                if getattr(pipeline, extra, None) is not None:
+                    getattr(pipeline, extra).to(target)
+            pipeline._device = target  # upstream reads it when it moves inputs
         except Exception as exc:  # torch.cuda.OutOfMemoryError has no import here on CPU hosts
             if type(exc).__name__ == "OutOfMemoryError":
                 raise VramOOM(str(exc).splitlines()[0], model=self.name) from exc
             raise
-        self._pipeline, self._loaded_from = pipeline, weights_dir
+        self._pipeline, self._loaded_from, self._device = pipeline, weights_dir, device
 
     def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh:
         if self._pipeline is None:
             raise ModelFailed("ReconViaGen is not loaded", model=self.name, pipeline_stage="inference")
         from PIL import Image
 
+        from recon.render import get_backend
+
+        started = time.perf_counter()
         hooks.check()
         hooks.progress(0.0, "generating mesh")
         images = []
@@ -133,10 +153,14 @@ class ReconViaGenEngine:
         faces = generated.faces.detach().cpu().numpy().astype(np.int64)
         colors = getattr(generated, "vertex_attrs", None)
         vertex_colors = colors[:, :3].detach().cpu().numpy() if colors is not None else None
+        generate_s = time.perf_counter() - started
         hooks.progress(0.5, "aligning and re-texturing")
-        return finish_generated_mesh(
-            vertices, faces, inputs, calibration, vertex_colors=vertex_colors, hooks=hooks.sub(0.5, 1.0)
-        )
+        mesh = finish_generated_mesh(vertices, faces, inputs, calibration, vertex_colors=vertex_colors,
+                                     backend=get_backend(self._device.partition(":")[0]),
+                                     hooks=hooks.sub(0.5, 1.0))
+        mesh.info["engine"] = {"name": self.name, "version": self.version, "weights": list(self.weights)}
+        mesh.info["timings"]["generate_s"] = round(generate_s, 3)
+        return mesh
 
 
 ENGINE = ReconViaGenEngine()
