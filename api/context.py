@@ -42,6 +42,7 @@ class ApiContext:
         return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
 
 
-def get_context(request: Request) -> ApiContext:
-    """FastAPI dependency: the app's context (set by the lifespan in api.app)."""
+async def get_context(request: Request) -> ApiContext:
+    """FastAPI dependency: the app's context (set by the lifespan in api.app). Async on purpose:
+    FastAPI would run a plain function in the thread pool, a thread hop on every request."""
     return request.app.state.context

@@ -85,13 +85,13 @@ def iso(value: datetime) -> str:
 
 def _stage_details(record: JobRecord, progress: JobProgress) -> dict[str, Any]:
     """Which model and pipeline stage a run was in when it stopped (from the models table)."""
-    rows = progress.models or []
-    active = [r for r in rows if r.get("status") in ("running", "failed")]
-    row = active[-1] if active else (rows[-1] if rows else None)
+    active = [r for r in progress.models or [] if r.get("status") in ("running", "failed")]
     details: dict[str, Any] = {"job_id": record.job_id}
-    if row is not None:
-        details["model"] = row.get("model")
-        details["pipeline_stage"] = row.get("stage")
+    if active:
+        details["model"] = active[-1].get("model")
+        details["pipeline_stage"] = active[-1].get("stage") or "validate"
+    elif progress.progress is not None:  # progress reported, no model started yet
+        details["pipeline_stage"] = "validate"
     return details
 
 
@@ -148,6 +148,10 @@ def build_view(record: JobRecord, run: "FlowRun | None", progress: JobProgress) 
     current = progress.current_model
     if current is None and status == "processing" and record.models:
         current = record.models[0]
+    elif status == "completed":
+        current = record.models[-1] if record.models else None  # the model that finished last
+    elif status == "failed" and current is None and error:
+        current = (error.get("details") or {}).get("model")
     times = [record.updated_at]
     if state is not None and state.timestamp is not None:
         times.append(state.timestamp)
@@ -205,5 +209,17 @@ class JobViewCache:
         if record is None:
             return None
         run = await find_flow_run(self.ctx.prefect, job_id, record.flow_run_id)
-        progress = await read_job_progress(self.ctx.prefect, job_id) if run is not None else JobProgress()
-        return build_view(record, run, progress)
+        status = job_status(run.state if run is not None else None)
+        if run is not None and needs_progress(record, status):
+            return build_view(record, run, await read_job_progress(self.ctx.prefect, job_id))
+        return build_view(record, run, JobProgress())
+
+
+def needs_progress(record: JobRecord, status: JobStatus) -> bool:
+    """Whether the artifacts add anything: a queued job has none and a completed one is at 100%,
+    so most lookups cost one Prefect request instead of two."""
+    if status == "processing":
+        return True
+    if status == "failed":
+        return not record.error or len(record.models) > 1
+    return status == "cancelled" and len(record.models) > 1

@@ -31,21 +31,28 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict:
     return body["error"]
 
 
-def no_inputs_stored(server: ApiServer) -> bool:
-    return server.store.list("inputs/") == [] and server.store.list("jobs/") == []
+def stored_keys(server: ApiServer) -> set[str]:
+    return {i.key for prefix in ("inputs/", "jobs/") for i in server.store.list(prefix)}
+
+
+@pytest.fixture
+def nothing_stored(api_server: ApiServer) -> Iterator[None]:
+    """The test's rejected requests leave no inputs and no job record behind."""
+    before = stored_keys(api_server)
+    yield
+    assert stored_keys(api_server) == before
 
 
 # ---- POST /jobs: counts, model_type, formats, sizes ------------------------------------------
 
 
 @pytest.mark.parametrize("views,depths,field", [(5, 6, "views"), (6, 7, "depth_renders"), (6, 0, "depth_renders")])
-def test_wrong_file_count(api: httpx.Client, api_server: ApiServer, views: int, depths: int, field: str) -> None:
+def test_wrong_file_count(api: httpx.Client, nothing_stored: None, api_server: ApiServer, views: int, depths: int, field: str) -> None:
     err = error_of(api.post("/jobs", files=job_files(views, depths)), 422, "INVALID_FILE_COUNT")
     assert err["details"]["field"] == field
     assert err["suggestion"] == "Upload exactly 6 view images and 6 depth render images."
     if field == "views":
         assert err["message"] == "Expected 6 view images, got 5"
-    assert no_inputs_stored(api_server)
 
 
 def test_bracket_spelling_counts_the_same(api: httpx.Client) -> None:
@@ -53,10 +60,9 @@ def test_bracket_spelling_counts_the_same(api: httpx.Client) -> None:
     assert err["details"] == {"field": "depth_renders", "expected": 6, "received": 5}
 
 
-def test_invalid_model_type(api: httpx.Client, api_server: ApiServer) -> None:
+def test_invalid_model_type(api: httpx.Client, nothing_stored: None, api_server: ApiServer) -> None:
     err = error_of(api.post("/jobs", files=job_files(), data={"model_type": "nerf"}), 422, "VALIDATION_FAILED")
     assert "model_type" in err["details"]["fields"]
-    assert no_inputs_stored(api_server)
 
 
 def test_not_multipart(api: httpx.Client) -> None:
@@ -93,7 +99,7 @@ def _bomb_png() -> bytes:
     ],
     ids=["not-png", "truncated", "extension", "bomb"],
 )
-def test_invalid_file_format(api: httpx.Client, api_server: ApiServer, name: str, content: bytes | None, needle: str) -> None:
+def test_invalid_file_format(api: httpx.Client, nothing_stored: None, api_server: ApiServer, name: str, content: bytes | None, needle: str) -> None:
     if content is None:
         content = _truncated_png() if needle == "truncat" else png_bytes(16, 16)
     elif content == b"bomb":
@@ -102,16 +108,14 @@ def test_invalid_file_format(api: httpx.Client, api_server: ApiServer, name: str
     err = error_of(api.post("/jobs", files=files), 422, "INVALID_FILE_FORMAT")
     assert needle in err["message"].lower(), err
     assert err["suggestion"] == "Ensure all uploaded files are valid PNG images."
-    assert no_inputs_stored(api_server)
     assert list((api_server.settings.data_dir / "tmp").iterdir()) == []  # spooled files removed
 
 
-def test_file_over_20mb(api: httpx.Client, api_server: ApiServer) -> None:
+def test_file_over_20mb(api: httpx.Client, nothing_stored: None, api_server: ApiServer) -> None:
     big = b"\x89PNG\r\n\x1a\n" + bytes(21 * 1024 * 1024)
     files = [("views", ("front.png", big, "image/png"))] + job_files(5, 6)
     err = error_of(api.post("/jobs", files=files), 422, "FILE_TOO_LARGE")
     assert err["details"]["field"] == "views" and err["details"]["max_file_bytes"] == 20 * 1024 * 1024
-    assert no_inputs_stored(api_server)
 
 
 def test_request_over_limit_by_content_length(api_server: ApiServer) -> None:
@@ -160,7 +164,7 @@ def test_request_over_limit_while_streaming(strict_api: ApiServer) -> None:
         response = client.post("/jobs", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     err = error_of(response, 422, "FILE_TOO_LARGE")
     assert err["details"]["max_request_bytes"] == 3 * 1024 * 1024
-    assert no_inputs_stored(strict_api)
+    assert stored_keys(strict_api) == set()
 
 
 def test_health_cuda_required_without_gpu(strict_api: ApiServer) -> None:
@@ -255,8 +259,9 @@ def test_submission_failure_leaves_nothing(orphan_api: ApiServer) -> None:
     (ValueError("boom"), 500, "UNKNOWN_ERROR"),
 ])
 def test_exception_mapping(exc: BaseException, status: int, code: str) -> None:
+    import asyncio
+
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
 
     from api.errors import install_error_handling
 
@@ -267,6 +272,10 @@ def test_exception_mapping(exc: BaseException, status: int, code: str) -> None:
     async def fail() -> None:
         raise exc
 
-    with TestClient(app, raise_server_exceptions=False) as client:
-        err = error_of(client.get("/fail"), status, code)
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.get("/fail")
+
+    err = error_of(asyncio.run(call()), status, code)
     assert err["details"]["request_id"]
