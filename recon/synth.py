@@ -13,6 +13,7 @@ Novel views between the rig's axes measure what the six inputs do not show direc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -46,13 +47,46 @@ HALF = 0.5
 FILL_MAX = 0.9
 
 
-def _cup() -> trimesh.Trimesh:
-    """A watertight cup (open top, real concavity) revolved from its wall profile, axis +Y."""
-    profile = np.array(
-        [[0.0, 0.0], [0.34, 0.0], [0.40, 0.06], [0.44, 0.80], [0.39, 0.80], [0.35, 0.10], [0.0, 0.10]]
-    )
-    cup = trimesh.creation.revolve(profile, sections=96)
-    cup.apply_transform(trimesh.transformations.rotation_matrix(-math.pi / 2, [1, 0, 0]))
+_CUP_PROFILE = np.array(  # (radius, height) of the wall and base, revolved about +Y
+    [[0.0, 0.0], [0.34, 0.0], [0.40, 0.06], [0.44, 0.80], [0.39, 0.80], [0.35, 0.10], [0.0, 0.10]]
+)
+
+
+def _polygon_sdf(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Signed distance (negative inside) of 2D points to a closed polygon."""
+    from skimage.measure import points_in_poly
+
+    dist = np.full(len(points), np.inf)
+    for start, end in zip(polygon, np.roll(polygon, -1, axis=0)):
+        edge = end - start
+        t = np.clip(((points - start) @ edge) / (edge @ edge), 0.0, 1.0)
+        dist = np.minimum(dist, np.linalg.norm(points - (start + t[:, None] * edge), axis=1))
+    return np.where(points_in_poly(points, polygon), -dist, dist)
+
+
+@functools.lru_cache(maxsize=1)
+def _cup(resolution: int = 110, faces: int = 30_000) -> trimesh.Trimesh:
+    """A watertight cup with a handle: a real concavity (the cavity), a hole (the handle), and no
+    rotational symmetry, so the rig variant stays identifiable from its silhouettes.
+
+    Built as a signed distance field (revolved wall profile united with a half torus cut at the
+    wall) and extracted with marching cubes, because booleans of meshes need extra packages.
+    """
+    from skimage.measure import marching_cubes
+
+    lo, hi = np.array([-0.5, -0.05, -0.5]), np.array([0.72, 0.85, 0.5])
+    axes = [np.linspace(lo[i], hi[i], resolution) for i in range(3)]
+    x, y, z = (a.ravel() for a in np.meshgrid(*axes, indexing="ij"))
+    body = _polygon_sdf(np.stack([np.hypot(x, z), y], axis=1), _CUP_PROFILE)
+    ring = np.hypot(np.hypot(x - 0.47, y - 0.42) - 0.17, z) - 0.045  # torus in the XY plane
+    handle = np.maximum(ring, 0.41 - x)  # only the part outside the wall
+    field = np.minimum(body, handle).reshape((resolution,) * 3)
+    spacing = tuple((hi - lo) / (resolution - 1))
+    verts, tris, _, _ = marching_cubes(field, 0.0, spacing=spacing)
+    cup = trimesh.Trimesh(verts + lo, tris)
+    if len(cup.faces) > faces:
+        cup = cup.simplify_quadric_decimation(face_count=faces)
+    cup.fix_normals()
     return cup
 
 
@@ -73,7 +107,7 @@ def load_test_mesh(name: str) -> trimesh.Trimesh:
         yaw = math.radians(FACING_YAW.get(name, 0.0))
         mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 1, 0]))
     elif name == "cup":
-        mesh = _cup()
+        mesh = _cup()  # cached; normalise() below copies it
     elif name == "sphere":
         mesh = trimesh.creation.icosphere(subdivisions=4)
     elif name == "box":

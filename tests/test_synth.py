@@ -23,10 +23,13 @@ def test_test_meshes_are_normalised(name):
     assert len(mesh.faces) > 10
 
 
-def test_cup_is_watertight_and_concave():
+def test_cup_is_watertight_concave_and_has_a_handle():
     cup = load_test_mesh("cup")
     assert cup.is_watertight
     assert cup.volume < 0.5 * cup.convex_hull.volume  # the cavity is real
+    assert cup.euler_number == 0  # genus 1: the handle's hole
+    lo, hi = cup.bounds
+    assert hi[0] - lo[0] > 1.2 * (hi[2] - lo[2])  # the handle sticks out along +X only
 
 
 def test_unknown_mesh_is_rejected():
