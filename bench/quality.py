@@ -245,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         out = args.work / "out" / f"{folder.name}-{args.engine}"
         run = run_reconstruction(_ordered(folder, truth, "view"), _ordered(folder, truth, "depth"),
                                  out, args.engine, args.device)
-        result = evaluate_case(entry, folder, out, run)
+        try:
+            result = evaluate_case(entry, folder, out, run)
+        except Exception as exc:  # noqa: BLE001 - one broken case must not hide the others
+            result = {"case": entry["case"], "wall_s": run.get("wall_s"),
+                      "error": f"evaluation: {type(exc).__name__}: {exc}"}
         result["engine"] = args.engine
         print(json.dumps(result), flush=True)
         results.append(result)
