@@ -1,0 +1,535 @@
+"""`nvdiffrec` engine: the fusion mesh refined by gradient descent through a differentiable renderer.
+
+What nvdiffrec (NVlabs) does, in seconds instead of hours, because it starts from the fusion
+result instead of a tetrahedral grid: vertex offsets, the texture (on the fixed UV atlas) and
+optional per-view exposure/white-balance gains are optimised jointly so that renders of the mesh
+match all six input views (colour L1 + SSIM, silhouette, calibrated depth), with Laplacian,
+normal-consistency and edge-length regularisers keeping the mesh clean. Resolution goes coarse
+to fine; a last stage refines only the texture at the input resolution with the rasterisation
+cached (the geometry no longer moves), which is where most of the sharpness comes from.
+
+Every render goes through `RenderBackend` primitives, so the same code runs on nvdiffrast (CUDA)
+and on the CPU backend; only the settings differ per device (`NvdiffrecSettings.for_device`).
+On CPU, silhouettes get no gradient through `antialias`, so a silhouette term computed from the
+target masks' signed distance at projected vertices moves the outline on both devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recon.engines.fusion import FusionEngine
+from recon.errors import ConvergenceFailed, VramOOM
+from recon.hooks import Hooks
+from recon.losses import MeshRegulariser, masked_mean, psnr, ssim_map
+from recon.mesh import TexturedMesh
+from recon.optim import Adam
+from recon.render.base import RenderBackend
+from recon.rig import Camera
+from recon.types import Calibration, Inputs
+
+ENV_PREFIX = "RECON_NVDIFFREC_"
+
+
+@dataclass
+class NvdiffrecSettings:
+    """Optimisation settings; `for_device` picks the defaults, RECON_NVDIFFREC_<FIELD> overrides.
+
+    Resolutions are the longest image side in pixels (never above the input's). Offsets are in
+    units of the mesh's mean edge length, so the learning rate and regulariser weights do not
+    depend on the object's size or the fusion face budget.
+    """
+
+    joint_resolutions: tuple[int, ...] = (128, 256)
+    joint_iterations: int = 60  # at most, per joint stage
+    texture_resolution: int = 512  # final texture-only stage
+    texture_iterations: int = 60
+    texture_size: int = 0  # 0 keeps the fusion texture's size
+    lr_texture: float = 0.03
+    lr_offset: float = 0.05  # mean edge lengths per step
+    lr_gain: float = 0.01
+    w_ssim: float = 0.2
+    w_mask: float = 1.0
+    w_silhouette: float = 0.003
+    w_depth: float = 0.01
+    w_laplacian: float = 0.05
+    w_normal: float = 0.05
+    w_edge: float = 0.02
+    w_gain: float = 0.1
+    optimise_gains: bool = False  # per-view exposure/white balance (real captures)
+    filter_mode: str = "linear"
+    check_every: int = 10  # iterations between progress/cancel checks and convergence windows
+    tolerance: float = 0.002  # stop a stage when a window improves the loss by less than this
+    divergence_factor: float = 3.0  # the loss rising above this multiple of its start is failure
+    seed: int = 0
+    # CPU threads for torch during the run (0: leave torch's setting). 1 by default on CPU: with
+    # other processes on 2 cores, torch's spinning OpenMP workers made small ops 10-70x slower.
+    threads: int = 1
+
+    @classmethod
+    def for_device(cls, device: str, **overrides: Any) -> "NvdiffrecSettings":
+        """Defaults for "cpu" (reduced resolution, <= 180 s per case on 2 cores including
+        fusion) or "cuda" (full resolution, mip-mapped texture), then env, then `overrides`."""
+        if device == "cuda":
+            settings = cls(
+                joint_resolutions=(512, 1024, 2048),
+                joint_iterations=300,
+                texture_resolution=2048,
+                texture_iterations=300,
+                filter_mode="linear-mipmap-linear",
+                check_every=25,
+                threads=0,
+            )
+        else:
+            settings = cls()
+        return settings.with_env().replace(**overrides)
+
+    def replace(self, **changes: Any) -> "NvdiffrecSettings":
+        return dataclasses.replace(self, **changes)
+
+    def with_env(self, environ: dict[str, str] | None = None) -> "NvdiffrecSettings":
+        """These settings with RECON_NVDIFFREC_<FIELD> (e.g. RECON_NVDIFFREC_JOINT_ITERATIONS=100,
+        RECON_NVDIFFREC_JOINT_RESOLUTIONS=128,256) applied."""
+        environ = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            current = getattr(self, f.name)
+            if isinstance(current, tuple):
+                changes[f.name] = tuple(int(x) for x in raw.split(",") if x.strip())
+            elif isinstance(current, bool):
+                changes[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                changes[f.name] = type(current)(raw)
+        return self.replace(**changes)
+
+
+@dataclass
+class Targets:
+    """The six views at one render resolution, rows bottom-up like the rasteriser's output."""
+
+    height: int
+    width: int
+    color: torch.Tensor  # [6,H,W,3] colour where the object is (0 elsewhere)
+    mask: torch.Tensor  # [6,H,W] soft coverage in [0, 1]
+    depth: torch.Tensor  # [6,H,W] metric z-depth
+    depth_valid: torch.Tensor  # [6,H,W] bool
+
+
+@dataclass
+class Problem:
+    """Everything fixed during one refinement: cameras, topology, atlas, targets' sources."""
+
+    backend: RenderBackend
+    inputs: Inputs
+    calibration: Calibration
+    settings: NvdiffrecSettings
+    tri: torch.Tensor  # [F,3] int32, atlas vertex indices
+    uv: torch.Tensor  # [V,2] nvdiffrast uv (u, 1 - v)
+    weld: torch.Tensor  # [V] atlas vertex -> welded vertex
+    rest: torch.Tensor  # [Vw,3] welded vertices the optimisation starts from
+    edge: float  # mean edge length (world units)
+    reg: MeshRegulariser
+    sdf: torch.Tensor  # [6,1,H0,W0] target-mask signed distance (outside > 0), input pixels
+    eyes: torch.Tensor  # [6,3] camera positions
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+
+@dataclass
+class Params:
+    """What the optimisation changes: welded-vertex offsets in mean edge lengths, the texture
+    [1,T,T,3] (row 0 = top of the image, as stored) and per-view log gains [6,3]."""
+
+    offsets: torch.Tensor
+    texture: torch.Tensor
+    log_gain: torch.Tensor
+
+    def gains(self) -> torch.Tensor:
+        """Per-view RGB gains with their mean fixed at 1 (the texture carries the mean)."""
+        return torch.exp(self.log_gain - self.log_gain.mean(dim=0, keepdim=True))
+
+    def welded(self, problem: Problem) -> torch.Tensor:
+        return problem.rest + problem.edge * self.offsets
+
+
+def _stage_size(inputs: Inputs, long_side: int) -> tuple[int, int]:
+    width, height = inputs.image_size
+    scale = min(1.0, long_side / max(width, height))
+    return max(8, round(height * scale)), max(8, round(width * scale))
+
+
+def _resample(images: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """[N,h,w,C] float images -> [N,H,W,C] (area average when shrinking, nearest when growing)."""
+    t = torch.as_tensor(images, dtype=torch.float32).permute(0, 3, 1, 2)
+    mode = "area" if size[0] <= t.shape[2] else "nearest"
+    return F.interpolate(t, size=size, mode=mode).permute(0, 2, 3, 1).to(device)
+
+
+def targets_at(problem: Problem, long_side: int) -> Targets:
+    """Colour, coverage and depth targets with the longest side `long_side` (at most the input's),
+    flipped to the rasteriser's row order."""
+    size = _stage_size(problem.inputs, long_side)
+    inputs, calib = problem.inputs, problem.calibration
+    masks = np.stack([m.astype(np.float32) for m in inputs.masks])[..., None]
+    images = np.stack(inputs.images).astype(np.float32)
+    mask = _resample(masks, size, problem.device)
+    premult = _resample(images * masks, size, problem.device)
+    color = premult / mask.clamp_min(1e-6)
+    depths = np.stack(calib.depths).astype(np.float32)[..., None]
+    valid = (depths > 0).astype(np.float32)
+    d_sum = _resample(depths * valid, size, problem.device)
+    v_frac = _resample(valid, size, problem.device)
+    depth = d_sum / v_frac.clamp_min(1e-6)
+    flip = lambda t: torch.flip(t, dims=[1])  # noqa: E731 - image rows top-down -> bottom-up
+    return Targets(
+        height=size[0],
+        width=size[1],
+        color=flip(color * (mask > 0)),
+        mask=flip(mask[..., 0]),
+        depth=flip(depth[..., 0]),
+        depth_valid=flip(v_frac[..., 0] > 0.999),
+    )
+
+
+def _signed_distance(masks: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Signed distance to each mask's outline in pixels (positive outside), [6,1,H,W]."""
+    from scipy.ndimage import distance_transform_edt
+
+    out = [
+        distance_transform_edt(~m).astype(np.float32) - distance_transform_edt(m).astype(np.float32)
+        for m in (np.asarray(m, dtype=bool) for m in masks)
+    ]
+    return torch.as_tensor(np.stack(out))[:, None].to(device)
+
+
+def _clip(cameras: list[Camera], vertices: torch.Tensor) -> torch.Tensor:
+    """World vertices [V,3] -> clip positions [6,V,4] for the six cameras (differentiable)."""
+    mvp = torch.as_tensor(np.stack([c.mvp() for c in cameras]), dtype=torch.float32)
+    homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], dim=1)
+    return torch.einsum("vk,bjk->bvj", homo, mvp.to(vertices.device)).contiguous()
+
+
+def _camera_depth(cameras: list[Camera], vertices: torch.Tensor) -> torch.Tensor:
+    """Per-view z-depth of every vertex, [6,V,1] (an attribute to interpolate)."""
+    rows = torch.as_tensor(np.stack([c.w2c[2] for c in cameras]), dtype=torch.float32)
+    rows = rows.to(vertices.device)
+    return -(torch.einsum("vk,bk->bv", vertices, rows[:, :3]) + rows[:, 3:4])[..., None]
+
+
+def prepare(
+    mesh: TexturedMesh, inputs: Inputs, calibration: Calibration, backend: RenderBackend,
+    settings: NvdiffrecSettings,
+) -> tuple[Problem, Params]:
+    """Weld the atlas seams (offsets must move both copies of a seam vertex together), build the
+    regulariser and the silhouette distance fields; return the problem and the starting params."""
+    device = backend.device
+    welded, weld = np.unique(np.asarray(mesh.vertices, dtype=np.float32), axis=0, return_inverse=True)
+    weld = weld.reshape(-1)
+    welded_faces = weld[np.asarray(mesh.faces, dtype=np.int64)]
+    rest = torch.as_tensor(welded, device=device)
+    reg = MeshRegulariser(welded_faces, len(welded), rest)
+    uv = np.asarray(mesh.uv, dtype=np.float32)
+    problem = Problem(
+        backend=backend,
+        inputs=inputs,
+        calibration=calibration,
+        settings=settings,
+        tri=torch.as_tensor(np.ascontiguousarray(mesh.faces, dtype=np.int32), device=device),
+        uv=torch.as_tensor(np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1), device=device),
+        weld=torch.as_tensor(weld, device=device),
+        rest=rest,
+        edge=float(reg.rest_lengths.mean()),
+        reg=reg,
+        sdf=_signed_distance(inputs.masks, device),
+        eyes=torch.as_tensor(
+            np.stack([c.position for c in calibration.cameras]), dtype=torch.float32, device=device
+        ),
+    )
+    texture = torch.as_tensor(np.asarray(mesh.texture), dtype=torch.float32, device=device) / 255.0
+    size = settings.texture_size
+    if size and size != texture.shape[0]:
+        texture = F.interpolate(
+            texture.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
+            antialias=size < texture.shape[0], align_corners=False,
+        )[0].permute(1, 2, 0)
+    params = Params(
+        offsets=torch.zeros_like(rest, requires_grad=True),
+        texture=texture[None].contiguous().requires_grad_(True),
+        log_gain=torch.zeros(len(calibration.cameras), 3, device=device, requires_grad=True),
+    )
+    return problem, params
+
+
+class _Monitor:
+    """Divergence, convergence and early stopping for one stage, fed one loss per iteration."""
+
+    def __init__(self, stage: str, settings: NvdiffrecSettings) -> None:
+        self.stage, self.settings = stage, settings
+        self.first: float | None = None
+        self.window: list[float] = []
+        self.previous: float | None = None
+        self.best = math.inf
+
+    def update(self, iteration: int, loss: float) -> bool:
+        """Record `loss`; True when the stage has converged. Raises on divergence."""
+        if not math.isfinite(loss):
+            raise ConvergenceFailed(
+                f"nvdiffrec diverged: loss is {loss} at iteration {iteration} of stage {self.stage}",
+                stage=self.stage, iteration=iteration,
+            )
+        if self.first is None:
+            self.first = loss
+        if iteration >= 2 and loss > self.settings.divergence_factor * self.first:
+            raise ConvergenceFailed(
+                f"nvdiffrec diverged: loss {loss:.4g} is above {self.settings.divergence_factor}x "
+                f"its start {self.first:.4g} (stage {self.stage}, iteration {iteration})",
+                stage=self.stage, iteration=iteration, loss=loss, start=self.first,
+            )
+        self.window.append(loss)
+        if len(self.window) < self.settings.check_every:
+            return False
+        mean = sum(self.window) / len(self.window)
+        self.window = []
+        self.best = min(self.best, mean)
+        converged = self.previous is not None and (self.previous - mean) < self.settings.tolerance * self.previous
+        self.previous = mean
+        return converged
+
+    def require_improvement(self) -> None:
+        """MODEL_CONVERGENCE_FAILED unless some window ended below the stage's starting loss."""
+        last = sum(self.window) / len(self.window) if self.window else math.inf
+        if self.first is not None and min(self.best, last) >= self.first:
+            raise ConvergenceFailed(
+                f"nvdiffrec did not improve in stage {self.stage}: loss stayed at or above "
+                f"{self.first:.4g}", stage=self.stage, start=self.first,
+            )
+
+
+def _photometric(color: torch.Tensor, targets: Targets, covered: torch.Tensor, w_ssim: float) -> torch.Tensor:
+    """L1 on pixels inside both silhouettes + w_ssim * (1 - SSIM) over the target's silhouette."""
+    inside = (targets.mask > 0.999) & covered
+    loss = masked_mean((color - targets.color).abs(), inside)
+    if w_ssim > 0:
+        shown = color * (targets.mask[..., None] > 0)
+        loss = loss + w_ssim * masked_mean(1.0 - ssim_map(shown, targets.color), targets.mask > 0)
+    return loss
+
+
+def _silhouette(problem: Problem, vertices: torch.Tensor, height: int) -> torch.Tensor:
+    """Signed distance (in render pixels) of projected (welded) vertices to the target outline:
+    every vertex must project inside every mask, and the mesh's contour vertices onto it."""
+    pos = _clip(problem.calibration.cameras, vertices)
+    ndc = pos[..., :2] / pos[..., 3:4].clamp_min(1e-6)  # [6,V,2], y up
+    grid = torch.stack([ndc[..., 0], -ndc[..., 1]], dim=-1)[:, None]  # grid_sample: y down
+    sdf = F.grid_sample(problem.sdf, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    sdf = sdf[:, 0, 0] * (height / problem.sdf.shape[2])  # input pixels -> render pixels
+    outside = F.relu(sdf).pow(2).clamp(max=100.0).mean()
+    on = problem.reg.contour_vertices(vertices, problem.eyes)  # [6,V]
+    contour = masked_mean(F.smooth_l1_loss(sdf, torch.zeros_like(sdf), reduction="none"), on)
+    return outside + contour
+
+
+def joint_loss(problem: Problem, targets: Targets, params: Params) -> torch.Tensor:
+    """The full objective at `targets`' resolution: photometric + coverage + silhouette + depth
+    + regularisers. Differentiable w.r.t. all of `params`."""
+    s, reg, backend, tri = problem.settings, problem.reg, problem.backend, problem.tri
+    cams = problem.calibration.cameras
+    welded = params.welded(problem)
+    verts = welded[problem.weld]
+    pos = _clip(cams, verts)
+    rast = backend.rasterize(pos, tri, (targets.height, targets.width))
+    covered = rast[..., 3] > 0
+    uv = backend.interpolate(problem.uv, rast, tri)
+    color = backend.texture(params.texture, uv, filter_mode=s.filter_mode)
+    color = color * params.gains()[:, None, None, :]
+    cover = covered[..., None].to(color.dtype)
+    shaded = backend.antialias(torch.cat([color * cover, cover], dim=-1), rast, pos, tri)
+    depth = backend.interpolate(_camera_depth(cams, verts), rast, tri)[..., 0]
+    loss = _photometric(shaded[..., :3], targets, covered, s.w_ssim)
+    loss = loss + s.w_mask * (shaded[..., 3] - targets.mask).pow(2).mean()
+    loss = loss + s.w_silhouette * _silhouette(problem, welded, targets.height)
+    depth_err = F.smooth_l1_loss(depth / problem.edge, targets.depth / problem.edge, reduction="none")
+    loss = loss + s.w_depth * masked_mean(depth_err, targets.depth_valid & covered)
+    loss = loss + s.w_laplacian * reg.laplacian_loss(params.offsets)
+    loss = loss + s.w_normal * reg.normal_consistency_loss(welded)
+    loss = loss + s.w_edge * reg.edge_length_loss(welded)
+    return loss + s.w_gain * params.log_gain.pow(2).mean()
+
+
+def _optimise(
+    problem: Problem, name: str, iterations: int, loss_fn, opt: Adam, params: Params,
+    hooks: Hooks, progress: tuple[float, float],
+) -> int:
+    """The loop every stage shares: cancellation and progress every `check_every` iterations,
+    divergence/convergence monitoring, Adam step, texture kept in [0, 1]. Returns iterations."""
+    s = problem.settings
+    monitor = _Monitor(name, s)
+    iteration = 0
+    for iteration in range(1, iterations + 1):
+        if (iteration - 1) % s.check_every == 0:
+            hooks.check()
+            frac = (iteration - 1) / iterations
+            hooks.progress(progress[0] + frac * (progress[1] - progress[0]),
+                           f"nvdiffrec {name}: iteration {iteration}/{iterations}")
+        opt.zero_grad()
+        loss = loss_fn()
+        if monitor.update(iteration, float(loss.detach())):
+            break
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            params.texture.clamp_(0.0, 1.0)
+    monitor.require_improvement()
+    problem.stats.setdefault("stages", []).append(
+        {"stage": name, "iterations": iteration, "loss_start": monitor.first,
+         "loss_end": monitor.previous if monitor.previous is not None else monitor.first}
+    )
+    return iteration
+
+
+def _joint_stage(
+    problem: Problem, long_side: int, params: Params, hooks: Hooks, progress: tuple[float, float],
+) -> int:
+    """Optimise offsets, texture (and gains) at one resolution of the coarse-to-fine schedule."""
+    s = problem.settings
+    targets = targets_at(problem, long_side)
+    size = (targets.height, targets.width)
+    groups = [{"params": [params.texture], "lr": s.lr_texture},
+              {"params": [params.offsets], "lr": s.lr_offset}]
+    if s.optimise_gains:
+        groups.append({"params": [params.log_gain], "lr": s.lr_gain})
+    return _optimise(problem, f"joint@{size[1]}x{size[0]}", s.joint_iterations,
+                     lambda: joint_loss(problem, targets, params), Adam(groups), params, hooks,
+                     progress)
+
+
+def _texture_stage(problem: Problem, params: Params, hooks: Hooks, progress: tuple[float, float]) -> int:
+    """Refine only the texture at (up to) the input resolution; the geometry is final, so the
+    rasterisation and uv lookup are computed once."""
+    s = problem.settings
+    targets = targets_at(problem, s.texture_resolution)
+    size = (targets.height, targets.width)
+    backend, tri = problem.backend, problem.tri
+    with torch.no_grad():
+        verts = params.welded(problem)[problem.weld]
+        rast = backend.rasterize(_clip(problem.calibration.cameras, verts), tri, size)
+        covered = rast[..., 3] > 0
+        uv = backend.interpolate(problem.uv, rast, tri)
+        gain = params.gains()[:, None, None, :]
+        inside = (targets.mask > 0.999) & covered
+
+    def render() -> torch.Tensor:
+        return backend.texture(params.texture, uv, filter_mode=s.filter_mode) * gain
+
+    def input_psnr() -> float:
+        with torch.no_grad():
+            return psnr(float(masked_mean((render() - targets.color).pow(2), inside)))
+
+    problem.stats["input_psnr_start"] = input_psnr()
+    opt = Adam([{"params": [params.texture], "lr": s.lr_texture}])
+    done = _optimise(problem, f"texture@{size[1]}x{size[0]}", s.texture_iterations,
+                     lambda: _photometric(render(), targets, covered, s.w_ssim), opt, params,
+                     hooks, progress)
+    problem.stats["input_psnr_end"] = input_psnr()
+    return done
+
+
+def refine(
+    mesh: TexturedMesh,
+    inputs: Inputs,
+    calibration: Calibration,
+    *,
+    backend: RenderBackend,
+    settings: NvdiffrecSettings | None = None,
+    hooks: Hooks = Hooks(),
+) -> TexturedMesh:
+    """Optimise `mesh` (geometry and texture; topology and UV atlas fixed) against the six views.
+
+    Raises ConvergenceFailed (MODEL_CONVERGENCE_FAILED) when the loss becomes non-finite, rises
+    above `divergence_factor` x its start, or does not improve in the first stage; VramOOM on CUDA
+    out-of-memory; Cancelled from `hooks.check()`, called every `check_every` iterations.
+    """
+    if settings is None:
+        settings = NvdiffrecSettings.for_device(backend.device.type)
+    torch.manual_seed(settings.seed)
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    try:
+        problem, params = prepare(mesh, inputs, calibration, backend, settings)
+        stages = len(settings.joint_resolutions) + (1 if settings.texture_iterations > 0 else 0)
+        total = 0
+        for i, long_side in enumerate(settings.joint_resolutions):
+            total += _joint_stage(problem, long_side, params, hooks, (i / stages, (i + 1) / stages))
+        if settings.texture_iterations > 0:
+            total += _texture_stage(problem, params, hooks, ((stages - 1) / stages, 1.0))
+        hooks.progress(1.0, "nvdiffrec done")
+        with torch.no_grad():
+            vertices = params.welded(problem)[problem.weld].cpu().numpy().astype(np.float32)
+            out_tex = (params.texture[0].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+            moved = (problem.edge * params.offsets).norm(dim=1)
+            gains = params.gains().cpu().numpy()
+    except torch.cuda.OutOfMemoryError as exc:
+        raise VramOOM(f"nvdiffrec ran out of GPU memory: {exc}", model="nvdiffrec") from exc
+    finally:
+        torch.set_num_threads(threads)
+    elapsed = time.perf_counter() - started
+    info = dict(mesh.info)
+    info["nvdiffrec"] = {
+        "backend": backend.name,
+        "iterations": total,
+        "seconds": round(elapsed, 2),
+        "iterations_per_second": round(total / max(elapsed, 1e-9), 2),
+        "mean_edge_length": problem.edge,
+        "max_vertex_offset": float(moved.max()) if len(moved) else 0.0,
+        "mean_vertex_offset": float(moved.mean()) if len(moved) else 0.0,
+        "view_gains": gains.round(4).tolist(),
+        **problem.stats,
+        "settings": dataclasses.asdict(settings),
+    }
+    return TexturedMesh(
+        vertices=vertices,
+        faces=np.asarray(mesh.faces, dtype=np.int32),
+        uv=np.asarray(mesh.uv, dtype=np.float32),
+        texture=out_tex,
+        info=info,
+    )
+
+
+class NvdiffrecEngine(FusionEngine):
+    """The registry's `nvdiffrec`: the fusion engine's result (same device, set by `load`), then
+    `refine`. Available wherever fusion is: on CPU the same optimisation runs at reduced size."""
+
+    name = "nvdiffrec"
+    version = "1.0.0"
+
+    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh:
+        from recon.render import get_backend
+
+        base = super().run(inputs, calibration, hooks.sub(0.0, 0.4))
+        hooks.check()
+        backend = get_backend(self.device)
+        settings = NvdiffrecSettings.for_device(backend.device.type)
+        mesh = refine(base, inputs, calibration, backend=backend, settings=settings,
+                      hooks=hooks.sub(0.4, 1.0))
+        mesh.info["engine"] = {"name": self.name, "version": self.version, "base": "fusion"}
+        return mesh
+
+
+ENGINE = NvdiffrecEngine()
