@@ -12,6 +12,7 @@ bench/align.py measure on synthetic "generated" meshes.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,23 @@ def finish_generated_mesh(
     return mesh
 
 
+# Sub-folders of the published weights folder that hold the auxiliary networks the upstream
+# pipeline fetches by name at load time (DINOv2 via torch.hub; VGGT, BiRefNet via the Hugging Face
+# hub), in those libraries' own cache layouts; docs/RECONVIAGEN.md says how to fill them.
+BUNDLED_CACHES = {"TORCH_HOME": "torch", "HF_HOME": "huggingface"}
+
+
+def use_bundled_caches(weights_dir: Path) -> None:
+    """Point torch.hub and the Hugging Face hub at the caches inside the weights folder and keep
+    them offline: workers have no internet, and a silent download would bypass the model store's
+    hashes. Must run before the upstream package (and huggingface_hub) is imported."""
+    for variable, folder in BUNDLED_CACHES.items():
+        if (weights_dir / folder).is_dir():
+            os.environ[variable] = str(weights_dir / folder)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("SPCONV_ALGO", "native")  # spconv's autotuner can hang on first use
+
+
 class ReconViaGenEngine:
     """Adapter around the upstream pipeline; keeps the loaded network resident per process."""
 
@@ -111,6 +129,7 @@ class ReconViaGenEngine:
             return
         import torch
 
+        use_bundled_caches(weights_dir)
         module = importlib.import_module(UPSTREAM_MODULE)
         pipeline_cls = getattr(module, UPSTREAM_CLASS)
         try:
