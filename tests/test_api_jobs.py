@@ -324,3 +324,42 @@ def test_crashed_run_without_error_gets_catalogue_error(api: httpx.Client, api_s
     assert error["code"] == "MODEL_FAILED"
     assert error["details"]["model"] == "fusion" and error["details"]["pipeline_stage"] == "inference"
     assert error["details"]["state"] == "Crashed" and "-9" in error["details"]["reason"]
+
+
+# ---- the same API on the S3 backend (moto's server: real S3 protocol) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_api(prefect_server: str, api_server: ApiServer, s3_endpoint: dict[str, object],
+           tmp_path_factory: pytest.TempPathFactory):
+    from tests.fixtures.api import start_api
+    from tests.fixtures.s3 import unique_bucket_prefix
+
+    data_dir = tmp_path_factory.mktemp("s3-api")
+    env = {f"RECON_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in s3_endpoint.items()}
+    env.update(RECON_S3_BUCKET_PREFIX=unique_bucket_prefix(), RECON_DATA_DIR=str(data_dir),
+               RECON_DEPLOYMENT=api_server.settings.deployment, RECON_WORK_POOL=api_server.settings.work_pool)
+    server = start_api(prefect_server, env, data_dir / "logs", name="s3-api")
+    yield server
+    server.stop()
+
+
+def test_s3_backend_submit_download_cancel(s3_api: ApiServer) -> None:
+    from prefect.states import Completed
+
+    assert s3_api.settings.storage == "s3"
+    with s3_api.client() as api:
+        assert api.get("/health").json()["storage"] == {"backend": "s3", "reachable": True}
+        done = submit(api, "fusion")
+        files = write_outputs(s3_api, done, "fusion")
+        set_state(s3_api, done, Completed())
+        response = api.get(f"/jobs/{done}/download")
+        assert response.status_code == 200, response.text
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            assert archive.read("fusion/mesh.glb") == files["mesh.glb"]
+
+        queued = submit(api, "fusion")
+        assert len(s3_api.store.list(f"inputs/{queued}/")) == 12
+        api.post(f"/jobs/{queued}/cancel").raise_for_status()
+        assert api.post(f"/jobs/{queued}/cancel", json={"confirm": True}).json()["status"] == "cancelled"
+        assert s3_api.store.list(f"inputs/{queued}/") == []
