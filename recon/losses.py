@@ -16,15 +16,15 @@ import torch.nn.functional as F
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
     """Per-pixel SSIM of images [B, H, W, C] in [0, 1], mean over channels -> [B, H, W].
 
-    Uniform window (like skimage's default, which recon.metrics reports) computed with one
-    avg_pool2d over the five moment images: much cheaper on CPU than Gaussian convolutions.
+    Uniform window (like skimage's default, which recon.metrics reports) computed with two 1D
+    avg_pool2d passes over the five moment images: much cheaper on CPU than Gaussian convolutions.
     """
     c = x.shape[-1]
     xs, ys = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)
-    moments = F.avg_pool2d(
-        torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), window, stride=1,
-        padding=window // 2, count_include_pad=False,
-    )
+    moments = torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1)
+    for kernel in ((window, 1), (1, window)):  # separable box filter
+        pad = (kernel[0] // 2, kernel[1] // 2)
+        moments = F.avg_pool2d(moments, kernel, stride=1, padding=pad, count_include_pad=False)
     mu_x, mu_y, xx, yy, xy = moments.split(c, dim=1)
     sxx, syy, sxy = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2

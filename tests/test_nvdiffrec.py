@@ -1,0 +1,173 @@
+"""nvdiffrec refinement on the CPU backend: it must improve a degraded mesh, send gradients to
+vertices and texture, report divergence with its error code and honour cancellation promptly.
+
+The case is real rendering, small: a procedural mesh with an xatlas atlas and a solid texture
+(recon.synth) rendered into the six rig cameras; the starting mesh is the same surface displaced
+smoothly along its normals with a blurred texture, standing in for a fusion result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+import xatlas
+from scipy.ndimage import gaussian_filter
+
+from recon.engines import get_engine
+from recon.engines.nvdiffrec import (
+    NvdiffrecSettings,
+    joint_loss,
+    prepare,
+    refine,
+    targets_at,
+)
+from recon.errors import Cancelled, ConvergenceFailed
+from recon.hooks import Hooks
+from recon.mesh import TexturedMesh
+from recon.metrics import compare_view
+from recon.render import get_backend
+from recon.render.cuda import _mip_level, _missing_module_name
+from recon.render.views import render_mesh
+from recon.rig import RigVariant, rig_cameras
+from recon.synth import SolidTexture
+from recon.types import Calibration, Inputs
+
+RES = 48
+FOV = 40.0
+
+
+def _bake(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, size: int) -> np.ndarray:
+    """Texture image (row 0 = top) holding the solid texture at each texel's surface point:
+    the atlas rasterised in uv space, 3D positions interpolated."""
+    backend = get_backend("cpu")
+    pos = np.c_[uv * 2 - 1, np.zeros(len(uv)), np.ones(len(uv))]
+    tri = torch.as_tensor(faces, dtype=torch.int32)
+    rast = backend.rasterize(torch.as_tensor(pos, dtype=torch.float32)[None], tri, (size, size))
+    points = backend.interpolate(torch.as_tensor(vertices), rast, tri)[0].numpy().reshape(-1, 3)
+    covered = rast[0, ..., 3].numpy().reshape(-1) > 0
+    tex = np.full((size * size, 3), 0.5, np.float32)
+    tex[covered] = SolidTexture(3)(points[covered])
+    return (tex.reshape(size, size, 3)[::-1] * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[Inputs, Calibration, TexturedMesh]:
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    sphere.vertices[:, 1] *= 0.8  # an ellipsoid, so views differ
+    vmap, faces, uv = xatlas.parametrize(sphere.vertices, sphere.faces)
+    vertices = sphere.vertices[vmap].astype(np.float32)
+    texture = _bake(vertices, faces, uv, 128)
+    backend = get_backend("cpu")
+    cams = rig_cameras(FOV, RES, RES)
+    images, masks, depths = [], [], []
+    for cam in cams:
+        big = render_mesh(backend, cam.at_resolution(2 * RES, 2 * RES), vertices, faces, uv, texture)
+        images.append(big.color.reshape(RES, 2, RES, 2, 3).mean(axis=(1, 3)).astype(np.float32))
+        view = render_mesh(backend, cam, vertices, faces)
+        masks.append(view.mask)
+        depths.append(view.depth)
+    inputs = Inputs(images=images, masks=masks, depth_raw=depths, depth_masks=[d > 0 for d in depths])
+    calib = Calibration(RigVariant(), FOV, cams, cams, depths, [{} for _ in cams])
+    normals = sphere.vertex_normals[vmap]
+    bump = 0.03 * np.sin(4 * vertices[:, 0] + 1) * np.cos(3 * vertices[:, 1])
+    start = TexturedMesh(
+        (vertices + bump[:, None] * normals).astype(np.float32), faces.astype(np.int32),
+        uv.astype(np.float32), gaussian_filter(texture.astype(np.float32), (2, 2, 0)).astype(np.uint8),
+    )
+    return inputs, calib, start
+
+
+def _settings(**changes) -> NvdiffrecSettings:
+    base = dict(joint_resolutions=(RES,), joint_iterations=20, texture_iterations=20,
+                texture_resolution=RES, check_every=5, tolerance=0.0)
+    base.update(changes)
+    return NvdiffrecSettings.for_device("cpu", **base)
+
+
+def _input_psnr(mesh: TexturedMesh, inputs: Inputs, calib: Calibration) -> float:
+    backend = get_backend("cpu")
+    scores = []
+    for cam, image, mask in zip(calib.cameras, inputs.images, inputs.masks):
+        view = render_mesh(backend, cam, mesh.vertices, mesh.faces, mesh.uv, mesh.texture)
+        scores.append(compare_view(view.color, view.mask, np.where(mask[..., None], image, 1.0), mask)["psnr"])
+    return float(np.mean(scores))
+
+
+def test_refinement_reduces_loss_and_improves_psnr(case):
+    inputs, calib, start = case
+    out = refine(start, inputs, calib, backend=get_backend("cpu"), settings=_settings())
+    stats = out.info["nvdiffrec"]
+    for stage in stats["stages"]:
+        assert stage["loss_end"] < stage["loss_start"]
+    assert stats["input_psnr_end"] > stats["input_psnr_start"] + 3.0
+    before, after = _input_psnr(start, inputs, calib), _input_psnr(out, inputs, calib)
+    assert after > before + 2.0, (before, after)
+    assert out.vertices.shape == start.vertices.shape and out.texture.dtype == np.uint8
+    assert np.array_equal(out.faces, start.faces) and np.array_equal(out.uv, start.uv)
+
+
+def test_gradients_reach_vertices_and_texture(case):
+    inputs, calib, start = case
+    settings = _settings()
+    problem, params = prepare(start, inputs, calib, get_backend("cpu"), settings)
+    joint_loss(problem, targets_at(problem, RES), params).backward()
+    assert params.offsets.grad is not None and params.texture.grad is not None
+    assert params.offsets.grad.abs().sum(dim=1).gt(0).float().mean() > 0.5
+    assert params.texture.grad.abs().sum() > 0
+    # Seam copies of a vertex share one offset, so the atlas cannot tear the surface open.
+    assert len(problem.rest) < len(start.vertices)
+
+
+def test_divergence_is_reported_with_the_documented_code(case):
+    inputs, calib, start = case
+    with pytest.raises(ConvergenceFailed) as err:
+        refine(start, inputs, calib, backend=get_backend("cpu"),
+               settings=_settings(lr_offset=1e4, lr_texture=1e3))
+    assert err.value.code == "MODEL_CONVERGENCE_FAILED"
+
+
+def test_cancellation_stops_within_one_check_interval(case):
+    inputs, calib, start = case
+    check_every, flip_after = 4, 2
+    calls = {"checks": 0, "iterations": 0, "at_flip": None}
+
+    def should_cancel() -> bool:
+        calls["checks"] += 1
+        if calls["checks"] > flip_after and calls["at_flip"] is None:
+            calls["at_flip"] = calls["iterations"]
+        return calls["at_flip"] is not None
+
+    def progress(fraction: float, message: str) -> None:
+        if "iteration" in message:
+            calls["iterations"] = int(message.rsplit("iteration ", 1)[1].split("/")[0])
+
+    with pytest.raises(Cancelled):
+        refine(start, inputs, calib, backend=get_backend("cpu"),
+               settings=_settings(check_every=check_every),
+               hooks=Hooks(progress=progress, should_cancel=should_cancel))
+    assert calls["at_flip"] is not None
+    assert calls["iterations"] - calls["at_flip"] <= check_every
+
+
+def test_settings_defaults_env_and_engine_registry(monkeypatch):
+    monkeypatch.setenv("RECON_NVDIFFREC_JOINT_ITERATIONS", "7")
+    monkeypatch.setenv("RECON_NVDIFFREC_JOINT_RESOLUTIONS", "64,128")
+    monkeypatch.setenv("RECON_NVDIFFREC_OPTIMISE_GAINS", "true")
+    cpu = NvdiffrecSettings.for_device("cpu")
+    assert cpu.joint_iterations == 7 and cpu.joint_resolutions == (64, 128) and cpu.optimise_gains
+    assert NvdiffrecSettings.for_device("cuda").filter_mode == "linear-mipmap-linear"
+    engine = get_engine("nvdiffrec")
+    assert engine.name == "nvdiffrec" and engine.unavailable_reason("cpu") is None
+
+
+def test_cuda_backend_helpers_work_without_a_gpu():
+    """The module imports on CPU hosts; the plugin-name parser and the mip-level estimate."""
+    assert _missing_module_name(ImportError("No module named 'nvdiffrast_plugin'")) == "nvdiffrast_plugin"
+    assert _missing_module_name(ModuleNotFoundError("x", name="plugin_x")) == "plugin_x"
+    # uv advancing 2 texels per pixel along x, 0.5 along y: level log2(2) = 1.
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    uv = torch.stack([xs * 2 / 64, ys * 0.5 / 64], dim=-1)[None]
+    level = _mip_level(uv, (64, 64))
+    assert torch.allclose(level, torch.ones_like(level), atol=1e-5)
