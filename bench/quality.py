@@ -6,7 +6,8 @@
 Per case: a field of view drawn from 30-60 degrees (seeded, never told to the pipeline), a rig
 variant and upload-order naming for some cases, the case rendered by recon.synth (cached under
 --work), then recon.pipeline.reconstruct in a child process (wall time and the child's own peak
-RSS). Printed per case as one JSON line, then a summary JSON with each target met or missed:
+RSS, plus the child's CPU seconds and the pipeline's own stage timings: on a shared machine
+wall time depends on the load, CPU time much less). Printed per case as one JSON line, then a summary JSON with each target met or missed:
 
 - input-view PSNR/SSIM: from the reconstruction's own quality.json (object pixels);
 - novel-view PSNR/SSIM: the reconstruction rendered at the case's novel cameras, moved into the
@@ -89,9 +90,12 @@ from recon.pipeline import reconstruct
 args = json.loads(sys.argv[1])
 result = reconstruct([Path(p) for p in args["views"]], [Path(p) for p in args["depths"]],
                      Path(args["out"]), engine=args["engine"], device=args["device"])
+usage = resource.getrusage(resource.RUSAGE_SELF)
 print("BENCH-RESULT " + json.dumps({
     "inner_s": time.perf_counter() - start,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    "cpu_s": usage.ru_utime + usage.ru_stime,
+    "peak_rss_mib": usage.ru_maxrss / 1024.0,
+    "timings": result.get("timings", {}),
 }, default=str))
 """
 
@@ -173,7 +177,9 @@ def evaluate_case(entry: dict, folder: Path, out: Path, run: dict) -> dict:
     truth = json.loads((folder / "truth.json").read_text())
     result = {"case": entry["case"], "fov_true": entry["fov"], "variant_true": entry["variant"].name,
               "naming": entry["naming"], "wall_s": round(run["wall_s"], 2),
-              "peak_rss_mib": round(run["peak_rss_mib"], 1) if "peak_rss_mib" in run else None}
+              "peak_rss_mib": round(run["peak_rss_mib"], 1) if "peak_rss_mib" in run else None,
+              "cpu_s": round(run["cpu_s"], 1) if "cpu_s" in run else None,
+              "stage_timings": run.get("timings", {})}
     if "error" in run:
         result["error"] = run["error"]
         return result

@@ -121,7 +121,9 @@ def render_mesh(
         if textured:
             # Texture lookups only for covered pixels: a [1, 1, N, 2] uv "image".
             pix_uv = interp.reshape(-1, interp.shape[-1])[covered, -2:][None, None].contiguous()
-            tex = torch.as_tensor(np.asarray(texture), device=device)
+            tex_np = np.asarray(texture)
+            tex_np = tex_np if tex_np.flags.writeable else tex_np.copy()  # e.g. backed by PIL
+            tex = torch.as_tensor(tex_np, device=device)
             tex = tex.float() / 255.0 if tex.dtype == torch.uint8 else tex.float()
             looked_up = backend.texture(tex[None, ..., :3].contiguous(), pix_uv, filter_mode=filter_mode)
             color = torch.full((mask.numel(), 3), float(background), device=device)
