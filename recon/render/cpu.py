@@ -16,6 +16,8 @@ Differences from nvdiffrast (all documented, none affects the shared code paths)
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from embreex import rtcore_scene
 from embreex.mesh_construction import TriangleMesh
 
 from recon.render.base import RenderBackend
+from recon.rig import Camera
 
 _MIN_W = 1e-8
 
@@ -94,6 +97,52 @@ def _face_table(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _rast_from_hits(
+    pos: torch.Tensor, tri: torch.Tensor, pix: np.ndarray, face_np: np.ndarray, height: int,
+    width: int,
+) -> torch.Tensor:
+    """rast [H, W, 4] from the visible triangle of each covered pixel (flat rast-order index):
+    perspective-correct barycentrics and z/w at the pixel centre, differentiable w.r.t. `pos`."""
+    if len(pix) == 0:
+        return torch.zeros(height, width, 4, dtype=torch.float32, device=pos.device)
+    face = torch.from_numpy(np.ascontiguousarray(face_np, dtype=np.int64))
+    pix_t = torch.from_numpy(np.ascontiguousarray(pix, dtype=np.int64))
+    xs, ys = _pixel_centres_ndc(height, width)
+    table = _face_table(pos, tri).T.contiguous().index_select(1, face)  # [12, N]
+    x0, y0 = table[0], table[1]
+    dx = (torch.from_numpy(xs.astype(np.float64))[pix_t % width] - x0).float()
+    dy = (torch.from_numpy(ys.astype(np.float64))[pix_t // width] - y0).float()
+    a1, b1, a2, b2, iw0, iw1, iw2, z0, z1, z2 = table[2:].float()
+    s1 = a1 * dx + b1 * dy
+    s2 = a2 * dx + b2 * dy
+    s0 = 1.0 - s1 - s2
+    # Perspective correction: weight the screen barycentrics by 1/w and renormalise.
+    p0, p1, p2 = s0 * iw0, s1 * iw1, s2 * iw2
+    denom = p0 + p1 + p2
+    zw = s0 * z0 + s1 * z1 + s2 * z2
+    rows = torch.stack([p0 / denom, p1 / denom, zw, (face + 1).float()], dim=0)
+    rast = torch.zeros(4, height * width, dtype=torch.float32).index_copy(1, pix_t, rows)
+    return rast.T.reshape(height, width, 4).to(pos.device)
+
+
+_WORLD_SCENES: "OrderedDict[tuple, rtcore_scene.EmbreeScene]" = OrderedDict()
+
+
+def _world_scene(vertices: np.ndarray, faces: np.ndarray) -> rtcore_scene.EmbreeScene:
+    """Embree BVH of a world-space mesh, cached by content (a few recent meshes)."""
+    key = (vertices.shape, faces.shape, hash(vertices.tobytes()), hash(faces.tobytes()))
+    scene = _WORLD_SCENES.get(key)
+    if scene is None:
+        scene = rtcore_scene.EmbreeScene()
+        TriangleMesh(scene=scene, vertices=vertices, indices=faces)
+        _WORLD_SCENES[key] = scene
+        while len(_WORLD_SCENES) > 3:
+            _WORLD_SCENES.popitem(last=False)
+    else:
+        _WORLD_SCENES.move_to_end(key)
+    return scene
+
+
 class CpuBackend(RenderBackend):
     """The Embree + torch implementation of `RenderBackend` (see module docstring)."""
 
@@ -126,26 +175,46 @@ class CpuBackend(RenderBackend):
         kept = np.nonzero(front)[0]
         ndc = pos_np[:, :3] / np.where(w > _MIN_W, w, 1.0)[:, None]
         pix, hit_local = _nearest_triangle(ndc, tri_np[kept], height, width)
-        if len(pix) == 0:
-            return torch.zeros(height, width, 4, dtype=torch.float32, device=pos.device)
-        face = torch.from_numpy(kept[hit_local])
-        pix_t = torch.from_numpy(pix)
-        xs, ys = _pixel_centres_ndc(height, width)
-        table = _face_table(pos, tri).T.contiguous().index_select(1, face)  # [12, N]
-        x0, y0 = table[0], table[1]
-        dx = (torch.from_numpy(xs.astype(np.float64))[pix_t % width] - x0).float()
-        dy = (torch.from_numpy(ys.astype(np.float64))[pix_t // width] - y0).float()
-        a1, b1, a2, b2, iw0, iw1, iw2, z0, z1, z2 = table[2:].float()
-        s1 = a1 * dx + b1 * dy
-        s2 = a2 * dx + b2 * dy
-        s0 = 1.0 - s1 - s2
-        # Perspective correction: weight the screen barycentrics by 1/w and renormalise.
-        p0, p1, p2 = s0 * iw0, s1 * iw1, s2 * iw2
-        denom = p0 + p1 + p2
-        zw = s0 * z0 + s1 * z1 + s2 * z2
-        rows = torch.stack([p0 / denom, p1 / denom, zw, (face + 1).float()], dim=0)
-        rast = torch.zeros(4, height * width, dtype=torch.float32).index_copy(1, pix_t, rows)
-        return rast.T.reshape(height, width, 4).to(pos.device)
+        return _rast_from_hits(pos, tri, pix, kept[hit_local], height, width)
+
+    def rasterize_view(
+        self, camera: Camera, vertices: np.ndarray, tri: torch.Tensor
+    ) -> torch.Tensor:
+        """`rasterize(clip_positions(camera, vertices), tri, (H, W))` with visibility from
+        perspective rays against a world-space BVH that is cached per mesh: rendering one mesh
+        into many cameras (metrics, texturing, previews) builds it once instead of per camera.
+        The first hit along a pixel's ray is the same triangle as in NDC space."""
+        from recon.render.views import clip_positions
+
+        height, width = camera.height, camera.width
+        verts = np.ascontiguousarray(vertices, dtype=np.float32)
+        tri_np = tri.detach().cpu().numpy().astype(np.int32)
+        pos = clip_positions(camera, verts)[0]
+        scene = _world_scene(verts, tri_np)
+        px, depth = camera.project(verts.astype(np.float64))
+        ahead = depth > _MIN_W
+        empty = torch.zeros(1, height, width, 4, dtype=torch.float32)
+        if not ahead.any():
+            return empty
+        lo, hi = px[ahead].min(axis=0), px[ahead].max(axis=0)
+        c0, c1 = max(0, int(np.floor(lo[0] - 0.5))), min(width - 1, int(np.ceil(hi[0] - 0.5)))
+        r0, r1 = max(0, int(np.floor(lo[1] - 0.5))), min(height - 1, int(np.ceil(hi[1] - 0.5)))
+        if c1 < c0 or r1 < r0:
+            return empty
+        jj, ii = np.meshgrid(np.arange(c0, c1 + 1) + 0.5, np.arange(r0, r1 + 1) + 0.5)
+        f = camera.focal
+        dirs_cam = np.stack([(jj - width / 2) / f, -(ii - height / 2) / f, -np.ones_like(jj)], -1)
+        dirs = (dirs_cam.reshape(-1, 3) @ camera.c2w[:3, :3].T).astype(np.float32)
+        origins = np.broadcast_to(camera.position.astype(np.float32), dirs.shape).copy()
+        hit = np.asarray(scene.run(origins, dirs), dtype=np.int64)
+        local = np.nonzero(hit >= 0)[0]
+        face = hit[local]
+        ok = (pos[:, 3].numpy()[tri_np[face]] > _MIN_W).all(axis=1)
+        local, face = local[ok], face[ok]
+        rect_w = c1 - c0 + 1
+        rows = height - 1 - (local // rect_w + r0)  # rast rows are bottom-up
+        pix = rows * width + (local % rect_w + c0)
+        return _rast_from_hits(pos, tri.long(), pix, face, height, width)[None]
 
     # -- interpolate -------------------------------------------------------------------------
     def interpolate(

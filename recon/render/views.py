@@ -101,7 +101,12 @@ def render_mesh(
     pos = clip_positions(camera, verts).to(device)
     with torch.no_grad():
         # Interpolation is per pixel, so flipping rast to image rows first is exact.
-        rast = backend.rasterize(pos, tri, (camera.height, camera.width)).flip(1)
+        # The CPU backend has an exact shortcut that reuses one BVH per mesh across cameras.
+        rasterize_view = getattr(backend, "rasterize_view", None)
+        if rasterize_view is not None:
+            rast = rasterize_view(camera, verts, tri).flip(1)
+        else:
+            rast = backend.rasterize(pos, tri, (camera.height, camera.width)).flip(1)
         face_id = rast[0, ..., 3].long() - 1
         mask = face_id >= 0
         # z-depth interpolated perspective-correctly is exact on the triangle's plane; depth,
