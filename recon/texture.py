@@ -91,27 +91,29 @@ def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> AtlasRaster
     eps = -1e-6
     inside = (np.abs(det) >= 1e-12) & (b0 >= eps) & (b1 >= eps) & (b2 >= eps)
     texel = cy[inside].astype(np.int64) * size + cx[inside].astype(np.int64)
-    bary = np.stack([b0[inside], b1[inside], b2[inside]], axis=1).astype(np.float32)
-    face = face[inside]
-    # One entry per texel (the last face wins on shared edges).
-    _, last = np.unique(texel[::-1], return_index=True)
-    keep = len(texel) - 1 - last
-    return AtlasRaster(size, texel[keep], face[keep], np.clip(bary[keep], 0.0, 1.0))
+    # One entry per texel: the last candidate wins on shared edges (same colour there).
+    owner = np.full(size * size, -1, dtype=np.int64)
+    owner[texel] = np.arange(len(texel))
+    keep = owner[owner >= 0]
+    bary = np.stack([b0[inside][keep], b1[inside][keep], b2[inside][keep]], axis=1)
+    return AtlasRaster(size, texel[keep], face[inside][keep], np.clip(bary, 0.0, 1.0).astype(np.float32))
 
 
 def _bilinear(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """Sample (H, W, C) at pixel coordinates (x right, y down; centres at +0.5), edge-clamped."""
     h, w = image.shape[:2]
-    x = np.clip(px - 0.5, 0, w - 1)
-    y = np.clip(py - 0.5, 0, h - 1)
-    xi = np.minimum(x.astype(np.int64), w - 2 if w > 1 else 0)
-    yi = np.minimum(y.astype(np.int64), h - 2 if h > 1 else 0)
-    fx = (x - xi).astype(np.float32)[:, None]
-    fy = (y - yi).astype(np.float32)[:, None]
-    x1 = np.minimum(xi + 1, w - 1)
-    y1 = np.minimum(yi + 1, h - 1)
-    top = image[yi, xi] * (1 - fx) + image[yi, x1] * fx
-    bottom = image[y1, xi] * (1 - fx) + image[y1, x1] * fx
+    flat = image.reshape(h * w, -1)
+    x = np.clip(px - 0.5, 0, w - 1).astype(np.float32)
+    y = np.clip(py - 0.5, 0, h - 1).astype(np.float32)
+    x0 = np.minimum(x.astype(np.int64), max(w - 2, 0))
+    y0 = np.minimum(y.astype(np.int64), max(h - 2, 0))
+    fx = (x - x0)[:, None]
+    fy = (y - y0)[:, None]
+    i00 = y0 * w + x0
+    dx = 1 if w > 1 else 0
+    dy = w if h > 1 else 0
+    top = np.take(flat, i00, axis=0) * (1 - fx) + np.take(flat, i00 + dx, axis=0) * fx
+    bottom = np.take(flat, i00 + dy, axis=0) * (1 - fx) + np.take(flat, i00 + dy + dx, axis=0) * fx
     return top * (1 - fy) + bottom * fy
 
 
@@ -196,13 +198,16 @@ def bake_colors(
     n_views = len(calibration.cameras)
     for i, cam in enumerate(calibration.cameras):
         hooks.check()
-        image = np.asarray(inputs.images[i], dtype=np.float32)
+        image = np.asarray(inputs.images[i], dtype=np.float32)[..., :3]
+        full_mask = np.asarray(inputs.masks[i], bool)
         h, w = image.shape[:2]
+        premultiplied = np.concatenate([image * full_mask[..., None], full_mask[..., None]], axis=2,
+                                       dtype=np.float32)
         cam = cam.at_resolution(w, h)
         scale = min(1.0, VISIBILITY_MAX_RES / max(w, h))
         vis_cam = cam.at_resolution(max(1, round(w * scale)), max(1, round(h * scale)))
         view = render_mesh(backend, vis_cam, vertices, faces)
-        mask_small = _nearest_resize(np.asarray(inputs.masks[i], bool), vis_cam.height, vis_cam.width)
+        mask_small = _nearest_resize(full_mask, vis_cam.height, vis_cam.width)
         valid = view.mask & mask_small
         edge = _edge_weight(valid, view.depth, max(2.0, EDGE_FRACTION * max(vis_cam.width, vis_cam.height)))
 
@@ -218,10 +223,12 @@ def bake_colors(
         tan = np.sqrt(np.maximum(1.0 - cos[idx] ** 2, 0.0)) / np.maximum(cos[idx], 0.2)
         tol = zi * (DEPTH_TOLERANCE + 1.5 * tan / vis_cam.focal)
         ok = (np.abs(rendered - zi) <= tol) & _nearest(valid, vxi, vyi)
-        ok &= _nearest(np.asarray(inputs.masks[i], bool), px[idx], py[idx])
+        ok &= _nearest(full_mask, px[idx], py[idx])
         idx = idx[ok]
         weight = (cos[idx] ** angle_power) * _nearest(edge, vx[idx], vy[idx])
-        acc[idx] += weight[:, None] * _bilinear(image, px[idx], py[idx])
+        # Mask-weighted bilinear lookup: taps on the background never leak into the colour.
+        sample = _bilinear(premultiplied, px[idx], py[idx])
+        acc[idx] += weight[:, None] * sample[:, :3] / np.maximum(sample[:, 3:], 1e-6)
         wsum[idx] += weight
         views_used.append(int(len(idx)))
         hooks.progress(0.1 + 0.8 * (i + 1) / n_views, f"texture: view {i + 1}/{n_views}")

@@ -1,0 +1,163 @@
+"""UV atlas and texture baking (recon/atlas.py, recon/texture.py) on real renders.
+
+Views come from recon.synth.render_case (a procedurally coloured spot, decoded like uploads) or
+are rendered here from geometry with recon.render.views.render_mesh and coloured by an analytic
+function of the surface point, so the expected texture is known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+
+from recon.atlas import unwrap
+from recon.decode import decode_inputs
+from recon.errors import Cancelled
+from recon.hooks import Hooks
+from recon.metrics import psnr
+from recon.render import get_backend
+from recon.render.views import render_mesh
+from recon.rig import Camera, RigVariant, rig_cameras
+from recon.synth import load_test_mesh, render_case
+from recon.texture import bake_texture, rasterize_atlas
+from recon.types import Calibration, Inputs
+
+RED = np.array([0.9, 0.1, 0.1], np.float32)
+BLUE = np.array([0.1, 0.2, 0.9], np.float32)
+GREEN = np.array([0.1, 0.8, 0.2], np.float32)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return get_backend("cpu")
+
+
+def _calibration(cams: list[Camera]) -> Calibration:
+    return Calibration(RigVariant(), cams[0].fov_deg, cams, cams, [], [])
+
+
+def _two_tone_inputs(backend, mesh: trimesh.Trimesh, res: int = 128) -> tuple[Inputs, Calibration]:
+    """Six rig views of `mesh` whose surface is RED above y = 0 and BLUE below, on white."""
+    cams = rig_cameras(40.0, res, res)
+    images, masks = [], []
+    for cam in cams:
+        view = render_mesh(backend, cam, mesh.vertices, mesh.faces)
+        corners = np.asarray(mesh.vertices)[np.asarray(mesh.faces)[np.maximum(view.face_id, 0)]]
+        y = np.einsum("hwk,hwk->hw", view.barycentric, corners[..., 1])
+        image = np.where((y > 0)[..., None], RED, BLUE)
+        images.append(np.where(view.mask[..., None], image, 1.0).astype(np.float32))
+        masks.append(view.mask)
+    return Inputs(images, masks, [], []), _calibration(cams)
+
+
+def _texel_colors(mesh, points_mask: np.ndarray) -> np.ndarray:
+    """Texture colours (float) at the uv of the selected vertices (row 0 = top, v up)."""
+    size = mesh.texture.shape[0]
+    uv = mesh.uv[points_mask]
+    cols = np.clip((uv[:, 0] * size).astype(int), 0, size - 1)
+    rows = np.clip(((1.0 - uv[:, 1]) * size).astype(int), 0, size - 1)
+    return mesh.texture[rows, cols].astype(np.float32) / 255.0
+
+
+def test_unwrap_preserves_faces_and_packs_charts_without_overlap():
+    mesh = load_test_mesh("spot")
+    new_v, new_f, uv, vmapping = unwrap(mesh.vertices, mesh.faces, texture_size=512)
+    assert new_f.shape == mesh.faces.shape
+    assert np.allclose(new_v, mesh.vertices[vmapping])
+    assert np.allclose(new_v[new_f], mesh.vertices[mesh.faces], atol=1e-6)  # same face order
+    assert uv.min() >= 0.0 and uv.max() <= 1.0
+    # Non-overlapping charts: the texels covered equal the charts' area in texels (overlaps
+    # would cover fewer), and the atlas is reasonably full.
+    tri = uv[new_f] * 512
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    covered = len(rasterize_atlas(uv, new_f, 512).texel)
+    assert covered == pytest.approx(area.sum(), rel=0.03)
+    assert area.sum() / 512**2 > 0.4
+    assert (area > 0).mean() > 0.99
+
+
+def test_rendered_spot_case_is_reproduced_at_the_input_views(tmp_path, backend):
+    mesh = load_test_mesh("spot")
+    truth = render_case(mesh, tmp_path, fov_deg=40.0, view_res=192, depth_res=96, novel_views=0,
+                        backend=backend)
+    inputs = decode_inputs([tmp_path / v["view"] for v in truth["views"]],
+                           [tmp_path / v["depth"] for v in truth["views"]])
+    cams = [Camera.from_dict(v["camera"]) for v in truth["views"]]
+    progress = []
+    textured = bake_texture(mesh.vertices, mesh.faces, inputs, _calibration(cams), texture_size=512,
+                            backend=backend, hooks=Hooks(progress=lambda f, m: progress.append(f)))
+    scores = []
+    for cam, image, mask in zip(cams, inputs.images, inputs.masks):
+        view = render_mesh(backend, cam, textured.vertices, textured.faces, textured.uv, textured.texture)
+        scores.append(psnr(view.color, image, view.mask & mask))
+    assert min(scores) > 28.0, scores  # measured 30.9-31.9 dB at 256 px
+    assert textured.info["texture"]["observed_fraction"] > 0.98
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+    json.dumps(textured.info)  # goes into quality.json
+
+
+def test_upper_half_red_comes_back_red_on_top(backend):
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.7)
+    inputs, calibration = _two_tone_inputs(backend, mesh)
+    textured = bake_texture(mesh.vertices, mesh.faces, inputs, calibration, texture_size=256,
+                            backend=backend)
+    y = textured.vertices[:, 1]
+    assert np.abs(_texel_colors(textured, y > 0.2) - RED).max(axis=1).mean() < 0.05
+    assert np.abs(_texel_colors(textured, y < -0.2) - BLUE).max(axis=1).mean() < 0.05
+    # Seam padding: no texel of the whole atlas (charts and the gaps between them) stays white,
+    # black or background: everything is one of the two surface colours or a blend of them.
+    tex = textured.texture.reshape(-1, 3).astype(np.float32) / 255.0
+    assert tex[:, 1].max() < 0.3 and (tex[:, 0] + tex[:, 2]).min() > 0.8
+
+
+def test_unseen_texels_take_fallback_colours_or_neighbours(backend):
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.7)
+    inputs, calibration = _two_tone_inputs(backend, mesh)
+    # Only the top view is usable: the lower hemisphere is seen by no view.
+    inputs.masks = [m if i == 4 else np.zeros_like(m) for i, m in enumerate(inputs.masks)]
+    fallback = np.tile(GREEN, (len(mesh.vertices), 1))
+    with_fallback = bake_texture(mesh.vertices, mesh.faces, inputs, calibration, texture_size=256,
+                                 backend=backend, fallback_colors=fallback)
+    observed = with_fallback.info["texture"]["observed_fraction"]
+    assert 0.3 < observed < 0.7
+    y = with_fallback.vertices[:, 1]
+    assert np.abs(_texel_colors(with_fallback, y < -0.3) - GREEN).max(axis=1).max() < 0.02
+    assert np.abs(_texel_colors(with_fallback, y > 0.3) - RED).max(axis=1).mean() < 0.05
+
+    diffused = bake_texture(mesh.vertices, mesh.faces, inputs, calibration, texture_size=256,
+                            backend=backend)
+    # Without fallback the unseen half takes the seen surface's colour (red), never black.
+    assert np.abs(_texel_colors(diffused, y < -0.3) - RED).max(axis=1).max() < 0.1
+
+
+def test_textured_mesh_reloads_through_trimesh(tmp_path, backend):
+    mesh = trimesh.creation.box(extents=(1.0, 0.8, 0.6))
+    inputs, calibration = _two_tone_inputs(backend, mesh, res=96)
+    textured = bake_texture(mesh.vertices, mesh.faces, inputs, calibration, texture_size=128,
+                            backend=backend)
+    assert textured.texture.shape == (128, 128, 3) and textured.texture.dtype == np.uint8
+    assert textured.uv.min() >= 0 and textured.uv.max() <= 1
+    path = tmp_path / "mesh.glb"
+    textured.to_trimesh().export(path)
+    loaded = trimesh.load(path, force="mesh")
+    assert len(loaded.faces) == len(mesh.faces)
+    assert np.asarray(loaded.visual.material.baseColorTexture).shape[:2] == (128, 128)
+    assert np.allclose(loaded.visual.uv, textured.uv, atol=1e-5)
+
+
+def test_cancellation_is_checked_between_views(backend):
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=0.7)
+    inputs, calibration = _two_tone_inputs(backend, mesh, res=64)
+    calls = []
+
+    def cancel_after_two() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        bake_texture(mesh.vertices, mesh.faces, inputs, calibration, texture_size=64,
+                     backend=backend, hooks=Hooks(should_cancel=cancel_after_two))
