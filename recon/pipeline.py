@@ -1,0 +1,177 @@
+"""The pipeline as five stage functions plus `reconstruct`, which chains them (DESIGN §6).
+
+The job service's Prefect tasks call the stages one by one (tasks/validate, inference, export,
+metrics), the CLI calls `reconstruct`; each stage is usable on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from recon.calibrate import calibrate as _calibrate
+from recon.decode import decode_inputs
+from recon.errors import ModelFailed, ValidationFailed
+from recon.hooks import Hooks
+from recon.mesh import TexturedMesh
+from recon.types import Calibration, Inputs
+
+OUTPUT_FILES = ("mesh.glb", "mesh.obj", "mesh.mtl", "texture.png", "mesh.ply",
+                "preview_textured_0.png", "preview_textured_1.png", "preview_wireframe_0.png",
+                "preview_wireframe_1.png", "quality.json", "cameras.json")
+
+PREVIEW_MAX = 1024
+
+
+def resolve_device(device: str = "auto") -> str:
+    """"cuda" or "cpu" for "auto"; engines' `unavailable_reason` takes the resolved name."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_inputs(view_paths: Sequence[str | Path], depth_paths: Sequence[str | Path],
+                transforms_path: str | Path | None = None, max_pixels: int | None = None) -> Inputs:
+    """Decode the uploaded PNGs (typed errors for anything malformed)."""
+    return decode_inputs(view_paths, depth_paths, transforms_path, max_pixels)
+
+
+def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
+    """Rig variant, field of view and metric depths."""
+    return _calibrate(inputs, hooks)
+
+
+def run_engine(name: str, inputs: Inputs, calibration: Calibration, hooks: Hooks = Hooks(),
+               device: str = "auto", weights_dir: Path | None = None) -> TexturedMesh:
+    """Run the engine `name`; MODEL_FAILED when it is unknown or cannot run on this host."""
+    from recon.engines import get_engine
+
+    engine = get_engine(name)
+    resolved = resolve_device(device)
+    reason = engine.unavailable_reason(resolved)
+    if reason is not None:
+        raise ModelFailed(f"Engine '{name}' cannot run here: {reason}", model=name, device=resolved)
+    hooks.check()
+    engine.load(weights_dir, resolved)
+    start = time.perf_counter()
+    mesh = engine.run(inputs, calibration, hooks)
+    mesh.info.setdefault("engine", {"name": engine.name, "version": engine.version})
+    mesh.info.setdefault("timings", {})["engine_s"] = round(time.perf_counter() - start, 3)
+    return mesh
+
+
+def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | Path,
+                   device: str = "auto", hooks: Hooks = Hooks()) -> list[Path]:
+    """Meshes (GLB, OBJ+MTL+PNG, PLY), the four previews and cameras.json into `out_dir`."""
+    from recon.export import export_mesh
+    from recon.preview import write_previews
+    from recon.render import get_backend
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hooks.check()
+    paths = list(export_mesh(mesh, out))
+    hooks.progress(0.4, "export: meshes written")
+    hooks.check()
+    # previews at the views' size, within [512, 1024]
+    size = int(min(PREVIEW_MAX, max(512, calibration.cameras[0].width)))
+    paths += write_previews(mesh, out, get_backend(resolve_device(device)), calibration.fov_deg, size)
+    hooks.progress(0.9, "export: previews written")
+    cameras = out / "cameras.json"
+    cameras.write_text(json.dumps(calibration.to_json(), indent=1, default=_json_default))
+    paths.append(cameras)
+    hooks.progress(1.0, "export: done")
+    return paths
+
+
+def measure_quality(mesh: TexturedMesh, inputs: Inputs, calibration: Calibration,
+                    out_dir: str | Path, model: str, device: str = "auto",
+                    hooks: Hooks = Hooks()) -> dict[str, Any]:
+    """Re-render the mesh at the input views, write quality.json and return its content."""
+    from recon.metrics import quality_report
+    from recon.render import get_backend
+
+    hooks.check()
+    start = time.perf_counter()
+    report = quality_report(mesh, inputs, calibration, get_backend(resolve_device(device)), model)
+    report["engine"] = mesh.info.get("engine", {"name": model})
+    report["calibration"] = calibration_summary(calibration)
+    timings = dict(mesh.info.get("timings", {}))
+    timings["quality_s"] = round(time.perf_counter() - start, 3)
+    report["timings"] = timings
+    write_quality(report, out_dir)
+    hooks.progress(1.0, "quality: done")
+    return report
+
+
+def calibration_summary(calibration: Calibration) -> dict[str, Any]:
+    scores = calibration.scores
+    return {
+        "variant": calibration.variant.name,
+        "fov_deg": round(float(calibration.fov_deg), 3),
+        "source": scores.get("source"),
+        "rim_score": scores.get("rim_score"),
+        "depth_residual": scores.get("depth_residual"),
+    }
+
+
+def write_quality(report: dict[str, Any], out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "quality.json"
+    path.write_text(json.dumps(report, indent=1, default=_json_default))
+    return path
+
+
+def reconstruct(views: str | Path | Sequence[str | Path], depths: str | Path | Sequence[str | Path],
+                out_dir: str | Path, engine: str = "fusion", hooks: Hooks = Hooks(),
+                device: str = "auto", transforms: str | Path | None = None) -> dict[str, Any]:
+    """Every stage in order; `views`/`depths` are folders of PNGs or lists of files.
+
+    Returns the quality report with `timings` per stage (also written to quality.json).
+    """
+    timings: dict[str, float] = {}
+    total = time.perf_counter()
+
+    def timed(stage: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[f"{stage}_s"] = round(time.perf_counter() - start, 3)
+        return result
+
+    hooks.check()
+    inputs = timed("decode", load_inputs, _png_files(views), _png_files(depths), transforms)
+    hooks.progress(0.03, "inputs decoded")
+    calibration = timed("calibrate", calibrate, inputs, hooks.sub(0.03, 0.15))
+    mesh = timed("engine", run_engine, engine, inputs, calibration, hooks.sub(0.15, 0.8), device)
+    timed("export", export_outputs, mesh, calibration, out_dir, device, hooks.sub(0.8, 0.9))
+    report = timed("quality", measure_quality, mesh, inputs, calibration, out_dir, engine, device,
+                   hooks.sub(0.9, 1.0))
+    report["timings"] = {**report.get("timings", {}), **timings,
+                         "total_s": round(time.perf_counter() - total, 3)}
+    write_quality(report, out_dir)
+    hooks.progress(1.0, "done")
+    return report
+
+
+def _png_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A folder's files in natural name order (view2 before view10), or the given list."""
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        files = [p for p in Path(source).iterdir() if p.is_file() and not p.name.startswith(".")]
+        return sorted(files, key=lambda p: [int(t) if t.isdigit() else t.lower()
+                                            for t in re.split(r"(\d+)", p.name)])
+    if isinstance(source, (str, Path)):
+        if not Path(source).exists():
+            raise ValidationFailed(f"'{source}' does not exist", path=str(source))
+        return [Path(source)]
+    return [Path(p) for p in source]
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars/arrays in reports -> plain JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
