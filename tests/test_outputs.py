@@ -106,19 +106,19 @@ def _inputs_and_calibration(mesh: TexturedMesh, fov: float, res: int, depth_res:
 
 
 def test_quality_report_identical_and_shifted(textured):
-    inputs, calibration = _inputs_and_calibration(textured, 40.0, 96, 48)
+    inputs, calibration = _inputs_and_calibration(textured, 40.0, 64, 32)
     backend = get_backend("cpu")
     report = quality_report(textured, inputs, calibration, backend, "fusion", supersample=1)
     assert report["model"] == "fusion" and report["status"] == "normal"
     assert report["psnr"] == PSNR_CAP and report["ssim"] == pytest.approx(1.0)
     assert report["psnr_full"] == PSNR_CAP and report["mask_iou"] == 1.0
     assert report["depth_error_pct"] < 1e-3
-    assert len(report["views"]) == 6 and report["views"][0]["render_size"] == [96, 96]
+    assert len(report["views"]) == 6 and report["views"][0]["render_size"] == [64, 64]
     assert report["bands"]["normal"] == {"psnr_min": 25.0, "ssim_min": 0.85}
 
     # Rendered smaller than the inputs (supersampled): inputs are area-averaged to the render size.
-    small = quality_report(textured, inputs, calibration, backend, "fusion", max_resolution=48)
-    assert small["views"][0]["render_size"] == [48, 48]
+    small = quality_report(textured, inputs, calibration, backend, "fusion", max_resolution=32)
+    assert small["views"][0]["render_size"] == [32, 32]
     assert small["psnr"] > 25 and small["mask_iou"] > 0.95
 
     shifted = TexturedMesh(textured.vertices, textured.faces, textured.uv,
