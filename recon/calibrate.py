@@ -35,7 +35,7 @@ VARIANT_MARGIN = 0.01  # variants within this IoU of the best get a full fov sea
 COARSE_FOVS = tuple(float(f) for f in range(24, 68, 4))
 RIM_RES = 512  # silhouettes for the rim score are compared at this size
 RIM_TIE = 0.0005  # finalists this close in rim score (world units) are told apart by depth
-MAX_FINALISTS = 4
+MAX_FINALISTS = 4  # groups of shape-equivalent variants that get a fov search
 FOV_RANGE = (15.0, 90.0)
 HULL_PULL = 0.005  # weight of "metric depth is farther than the hull" (normal, so weak)
 
@@ -47,6 +47,11 @@ class _Candidate:
     rim: float  # RimScorer: minus the mean distance by which edge rays miss the others' hull
     residual: float = math.nan
     fits: list[dict[str, float]] | None = None
+    photo: float = math.nan  # photo_error of the cameras with these fits
+
+
+def _deviations(variant: RigVariant) -> int:
+    return sum(variant.to_dict().values())
 
 
 def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
@@ -63,40 +68,53 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
     # 1. every variant at three fields of view by voxel-hull IoU: a wrong variant loses far more
     #    than a wrong field of view does, so this picks the few variants worth a fov search
     per_variant: dict[RigVariant, tuple[float, float]] = {}
+    ious_by_variant: dict[RigVariant, list[float]] = {}
     for k, fov in enumerate(PROBE_FOVS):
         hooks.check()
         for v, iou in scorer.variant_ious(fov).items():
             per_variant[v] = max(per_variant.get(v, (0.0, fov)), (iou, fov))
+            ious_by_variant.setdefault(v, []).append(iou)
         hooks.progress(0.3 * (k + 1) / len(PROBE_FOVS), "calibration: rig variants")
     top = max(iou for iou, _ in per_variant.values())
-    variants = sorted((v for v, (iou, _) in per_variant.items() if iou >= top - VARIANT_MARGIN),
-                      key=lambda v: (sum(v.to_dict().values()), v.name))[:MAX_FINALISTS]
-    # 2. per finalist: voxel IoU over the fov range for a start, then rim consistency (exact,
-    #    full-resolution masks) refines the fov to under a degree
+    close_variants = [v for v, (iou, _) in per_variant.items() if iou >= top - VARIANT_MARGIN]
+    # variants with identical silhouette scores are indistinguishable by shape (a symmetric
+    # object): the fov is searched once per group, on its simplest member
+    groups: dict[tuple, list[RigVariant]] = {}
+    for v in sorted(close_variants, key=lambda v: (_deviations(v), v.name)):
+        groups.setdefault(tuple(round(x, 5) for x in ious_by_variant[v]), []).append(v)
+    representatives = [g[0] for g in groups.values()][:MAX_FINALISTS]
+    # 2. per group: voxel IoU over the fov range for a start, then the rim score (exact,
+    #    full-resolution masks) refines the fov to a fraction of a degree
     finalists = []
     rim = RimScorer(inputs)
-    for k, v in enumerate(variants):
+    for k, v in enumerate(representatives):
         hooks.check()
         start = max(COARSE_FOVS, key=lambda fov: scorer.variant_ious(fov, [v])[v])
         finalists.append(_refine_fov(rim, w, h, v, float(start), hooks))
-        hooks.progress(0.3 + 0.5 * (k + 1) / len(variants), "calibration: field of view")
-    # 3. near-ties (symmetric objects) are settled by how well the depths agree across views,
+        hooks.progress(0.3 + 0.5 * (k + 1) / len(representatives), "calibration: field of view")
+    # 3. near-ties (symmetric shapes) are settled by colour: with the right cameras a surface
+    #    point seen by two views has the same colour in both; then by the depths' agreement,
     #    then by fewer deviations from the nominal rig
     top_rim = max(c.rim for c in finalists)
     close = [c for c in finalists if c.rim >= top_rim - RIM_TIE]
+    contenders = []
     for c in close:
         hooks.check()
         c.fits, c.residual = precise_depth_fits(inputs, rig_cameras(c.fov, w, h, c.variant))
-    best = min(close, key=lambda c: (round(c.residual, 4) if len(close) > 1 else 0.0,
-                                     sum(c.variant.to_dict().values())))
+        for v in groups[tuple(round(x, 5) for x in ious_by_variant[c.variant])]:
+            contenders.append(_Candidate(v, c.fov, c.rim, c.residual, c.fits))
+    for c in contenders:
+        c.photo = photo_error(inputs, rig_cameras(c.fov, w, h, c.variant), c.fits) if len(contenders) > 1 else 0.0
+    best = min(contenders, key=lambda c: (round(c.photo, 3), round(c.residual, 4), _deviations(c.variant)))
     cams = rig_cameras(best.fov, w, h, best.variant)
     scores = {
         "source": "search",
         "rim_score": best.rim,
         "depth_residual": best.residual,
+        "photo_error": best.photo,
         "candidates": [{"variant": c.variant.name, "fov_deg": c.fov, "rim_score": c.rim,
-                        "depth_residual": c.residual}
-                       for c in sorted(finalists, key=lambda c: -c.rim)],
+                        "depth_residual": c.residual, "photo_error": c.photo}
+                       for c in sorted(contenders, key=lambda c: c.photo)],
     }
     hooks.progress(1.0, "calibration: done")
     return _result(inputs, best, cams, scores)
@@ -292,6 +310,44 @@ class RimScorer:
             best = depth_in.reshape(len(dirs), self.steps).max(axis=1)
             misses.append(np.minimum(best, 0.0).mean())
         return float(np.mean(misses))
+
+
+def photo_error(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float]],
+                samples: int = 2000, seed: int = 1) -> float:
+    """Mean colour difference (0-1 per channel) between two views at surface points both see.
+
+    Points come from each view's metric depth; a point counts as seen by a neighbouring view
+    when that view's own depth agrees there. Under a wrong flip or swap the same depth pixels
+    land on differently coloured surface, so this separates variants that silhouettes and
+    depths cannot (rotationally or mirror-symmetric shapes).
+    """
+    rng = np.random.default_rng(seed)
+    dw, dh = inputs.depth_size
+    w, h = inputs.image_size
+    dcams = [c.at_resolution(dw, dh) for c in cams]
+    metric = [np.where(raw > 0, f["scale"] * raw + f["offset"], 0.0) for raw, f in zip(inputs.depth_raw, fits)]
+    span = max(float(np.ptp(m[m > 0])) for m in metric if (m > 0).any()) or 1.0
+    total, count = 0.0, 0
+    for k, (cam, depth) in enumerate(zip(dcams, metric)):
+        ii, jj = np.nonzero(depth > 0)
+        pick = rng.choice(ii.size, size=min(samples, ii.size), replace=False)
+        ii, jj = ii[pick], jj[pick]
+        pts = cam.position.astype(np.float32) + depth[ii, jj][:, None].astype(np.float32) * _rays(cam, ii, jj)
+        colour_k = inputs.images[k][(ii * h) // dh, (jj * w) // dw]
+        for j, other in enumerate(dcams):
+            if j == k or float(cams[j].c2w[:3, 2] @ cams[k].c2w[:3, 2]) < -0.5:
+                continue
+            px, py, z = project_points(other, pts)
+            inb = (px >= 0) & (px < dw) & (py >= 0) & (py < dh)
+            qi = np.clip(py, 0, dh - 1).astype(np.int32)
+            qj = np.clip(px, 0, dw - 1).astype(np.int32)
+            seen = inb & (metric[j][qi, qj] > 0) & (np.abs(metric[j][qi, qj] - z) < 0.01 * span)
+            if not seen.any():
+                continue
+            colour_j = inputs.images[j][(qi[seen] * h) // dh, (qj[seen] * w) // dw]
+            total += float(np.abs(colour_k[seen] - colour_j).sum())
+            count += int(seen.sum()) * 3
+    return total / count if count else math.inf
 
 
 @dataclass
