@@ -101,7 +101,7 @@ def test_refinement_reduces_loss_and_improves_psnr(case):
     stats = out.info["nvdiffrec"]
     for stage in stats["stages"]:
         assert stage["loss_end"] < stage["loss_start"]
-    assert stats["input_psnr_end"] > stats["input_psnr_start"] + 3.0
+    assert stats["input_psnr_end"] > stats["input_psnr_start"] + 1.0
     before, after = _input_psnr(start, inputs, calib), _input_psnr(out, inputs, calib)
     assert after > before + 2.0, (before, after)
     assert out.vertices.shape == start.vertices.shape and out.texture.dtype == np.uint8
@@ -113,9 +113,9 @@ def test_gradients_reach_vertices_and_texture(case):
     settings = _settings()
     problem, params = prepare(start, inputs, calib, get_backend("cpu"), settings)
     joint_loss(problem, targets_at(problem, RES), params).backward()
-    assert params.offsets.grad is not None and params.texture.grad is not None
+    assert params.offsets.grad is not None and params.residual.grad is not None
     assert params.offsets.grad.abs().sum(dim=1).gt(0).float().mean() > 0.5
-    assert params.texture.grad.abs().sum() > 0
+    assert params.residual.grad.abs().sum() > 0
     # Seam copies of a vertex share one offset, so the atlas cannot tear the surface open.
     assert len(problem.rest) < len(start.vertices)
 

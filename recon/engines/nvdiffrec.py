@@ -54,8 +54,13 @@ class NvdiffrecSettings:
     texture_resolution: int = 512  # final texture-only stage
     texture_iterations: int = 60
     texture_size: int = 0  # 0 keeps the fusion texture's size
+    # The texture is optimised as base + bilinear upsampling of a residual this many times
+    # smaller (0: from the texel footprint of the input views). Without mipmaps (CPU backend)
+    # a full-resolution residual only moves the texels that input pixels happen to sample,
+    # which shows as speckle from any other viewpoint; with mipmaps (CUDA) 1 is right.
+    texture_residual_scale: int = 0
     lr_texture: float = 0.03
-    lr_offset: float = 0.05  # mean edge lengths per step
+    lr_offset: float = 0.01  # mean edge lengths per step (0.05 measured to overshoot)
     lr_gain: float = 0.01
     w_ssim: float = 0.2
     w_mask: float = 1.0
@@ -86,6 +91,7 @@ class NvdiffrecSettings:
                 texture_resolution=2048,
                 texture_iterations=300,
                 filter_mode="linear-mipmap-linear",
+                texture_residual_scale=1,
                 check_every=25,
                 threads=0,
             )
@@ -152,12 +158,22 @@ class Problem:
 
 @dataclass
 class Params:
-    """What the optimisation changes: welded-vertex offsets in mean edge lengths, the texture
-    [1,T,T,3] (row 0 = top of the image, as stored) and per-view log gains [6,3]."""
+    """What the optimisation changes: welded-vertex offsets in mean edge lengths, a texture
+    residual (see `texture_residual_scale`) over the fixed starting texture `base` [1,T,T,3]
+    (row 0 = top of the image, as stored) and per-view log gains [6,3]."""
 
     offsets: torch.Tensor
-    texture: torch.Tensor
+    residual: torch.Tensor
     log_gain: torch.Tensor
+    base: torch.Tensor
+
+    def texture(self) -> torch.Tensor:
+        """The current texture [1,T,T,3] in [0, 1]."""
+        size = self.base.shape[1:3]
+        res = self.residual.permute(0, 3, 1, 2)
+        if tuple(res.shape[2:]) != tuple(size):
+            res = F.interpolate(res, size=size, mode="bilinear", align_corners=False)
+        return (self.base + res.permute(0, 2, 3, 1)).clamp(0.0, 1.0).contiguous()
 
     def gains(self) -> torch.Tensor:
         """Per-view RGB gains with their mean fixed at 1 (the texture carries the mean)."""
@@ -267,12 +283,32 @@ def prepare(
             texture.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
             antialias=size < texture.shape[0], align_corners=False,
         )[0].permute(1, 2, 0)
+    scale = settings.texture_residual_scale or _residual_scale(problem, texture.shape[0])
+    problem.stats["texture_residual_scale"] = scale
+    side = max(1, texture.shape[0] // scale)
     params = Params(
         offsets=torch.zeros_like(rest, requires_grad=True),
-        texture=texture[None].contiguous().requires_grad_(True),
+        residual=torch.zeros(1, side, side, 3, device=device, requires_grad=True),
         log_gain=torch.zeros(len(calibration.cameras), 3, device=device, requires_grad=True),
+        base=texture[None].contiguous(),
     )
     return problem, params
+
+
+def _residual_scale(problem: Problem, texture_size: int) -> int:
+    """Texels per input pixel along one axis (a power of two, 1..16): the median mip level of
+    the starting mesh seen at the texture stage's resolution."""
+    from recon.render.cuda import _mip_level
+
+    size = _stage_size(problem.inputs, problem.settings.texture_resolution)
+    with torch.no_grad():
+        verts = problem.rest[problem.weld]
+        rast = problem.backend.rasterize(_clip(problem.calibration.cameras, verts), problem.tri, size)
+        uv = problem.backend.interpolate(problem.uv, rast, problem.tri)
+        level = _mip_level(uv, (texture_size, texture_size))[rast[..., 3] > 0]
+    if level.numel() == 0:
+        return 1
+    return int(2 ** min(4, max(0, int(torch.floor(level.median())))))
 
 
 class _Monitor:
@@ -344,9 +380,12 @@ def _silhouette(problem: Problem, vertices: torch.Tensor, height: int) -> torch.
     return outside + contour
 
 
-def joint_loss(problem: Problem, targets: Targets, params: Params) -> torch.Tensor:
+def joint_loss(
+    problem: Problem, targets: Targets, params: Params, terms: dict[str, float] | None = None
+) -> torch.Tensor:
     """The full objective at `targets`' resolution: photometric + coverage + silhouette + depth
-    + regularisers. Differentiable w.r.t. all of `params`."""
+    + regularisers, each already weighted (their values go into `terms` when given).
+    Differentiable w.r.t. all of `params`."""
     s, reg, backend, tri = problem.settings, problem.reg, problem.backend, problem.tri
     cams = problem.calibration.cameras
     welded = params.welded(problem)
@@ -355,20 +394,25 @@ def joint_loss(problem: Problem, targets: Targets, params: Params) -> torch.Tens
     rast = backend.rasterize(pos, tri, (targets.height, targets.width))
     covered = rast[..., 3] > 0
     uv = backend.interpolate(problem.uv, rast, tri)
-    color = backend.texture(params.texture, uv, filter_mode=s.filter_mode)
+    color = backend.texture(params.texture(), uv, filter_mode=s.filter_mode)
     color = color * params.gains()[:, None, None, :]
     cover = covered[..., None].to(color.dtype)
     shaded = backend.antialias(torch.cat([color * cover, cover], dim=-1), rast, pos, tri)
     depth = backend.interpolate(_camera_depth(cams, verts), rast, tri)[..., 0]
-    loss = _photometric(shaded[..., :3], targets, covered, s.w_ssim)
-    loss = loss + s.w_mask * (shaded[..., 3] - targets.mask).pow(2).mean()
-    loss = loss + s.w_silhouette * _silhouette(problem, welded, targets.height)
     depth_err = F.smooth_l1_loss(depth / problem.edge, targets.depth / problem.edge, reduction="none")
-    loss = loss + s.w_depth * masked_mean(depth_err, targets.depth_valid & covered)
-    loss = loss + s.w_laplacian * reg.laplacian_loss(params.offsets)
-    loss = loss + s.w_normal * reg.normal_consistency_loss(welded)
-    loss = loss + s.w_edge * reg.edge_length_loss(welded)
-    return loss + s.w_gain * params.log_gain.pow(2).mean()
+    parts = {
+        "photometric": _photometric(shaded[..., :3], targets, covered, s.w_ssim),
+        "mask": s.w_mask * (shaded[..., 3] - targets.mask).pow(2).mean(),
+        "silhouette": s.w_silhouette * _silhouette(problem, welded, targets.height),
+        "depth": s.w_depth * masked_mean(depth_err, targets.depth_valid & covered),
+        "laplacian": s.w_laplacian * reg.laplacian_loss(params.offsets),
+        "normal": s.w_normal * reg.normal_consistency_loss(welded),
+        "edge": s.w_edge * reg.edge_length_loss(welded),
+        "gain": s.w_gain * params.log_gain.pow(2).mean(),
+    }
+    if terms is not None:
+        terms.update({k: float(v.detach()) for k, v in parts.items()})
+    return torch.stack(list(parts.values())).sum()
 
 
 def _optimise(
@@ -376,7 +420,7 @@ def _optimise(
     hooks: Hooks, progress: tuple[float, float],
 ) -> int:
     """The loop every stage shares: cancellation and progress every `check_every` iterations,
-    divergence/convergence monitoring, Adam step, texture kept in [0, 1]. Returns iterations."""
+    divergence/convergence monitoring, Adam step. Returns iterations."""
     s = problem.settings
     monitor = _Monitor(name, s)
     iteration = 0
@@ -392,8 +436,6 @@ def _optimise(
             break
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            params.texture.clamp_(0.0, 1.0)
     monitor.require_improvement()
     problem.stats.setdefault("stages", []).append(
         {"stage": name, "iterations": iteration, "loss_start": monitor.first,
@@ -409,7 +451,7 @@ def _joint_stage(
     s = problem.settings
     targets = targets_at(problem, long_side)
     size = (targets.height, targets.width)
-    groups = [{"params": [params.texture], "lr": s.lr_texture},
+    groups = [{"params": [params.residual], "lr": s.lr_texture},
               {"params": [params.offsets], "lr": s.lr_offset}]
     if s.optimise_gains:
         groups.append({"params": [params.log_gain], "lr": s.lr_gain})
@@ -434,14 +476,14 @@ def _texture_stage(problem: Problem, params: Params, hooks: Hooks, progress: tup
         inside = (targets.mask > 0.999) & covered
 
     def render() -> torch.Tensor:
-        return backend.texture(params.texture, uv, filter_mode=s.filter_mode) * gain
+        return backend.texture(params.texture(), uv, filter_mode=s.filter_mode) * gain
 
     def input_psnr() -> float:
         with torch.no_grad():
             return psnr(float(masked_mean((render() - targets.color).pow(2), inside)))
 
     problem.stats["input_psnr_start"] = input_psnr()
-    opt = Adam([{"params": [params.texture], "lr": s.lr_texture}])
+    opt = Adam([{"params": [params.residual], "lr": s.lr_texture}])
     done = _optimise(problem, f"texture@{size[1]}x{size[0]}", s.texture_iterations,
                      lambda: _photometric(render(), targets, covered, s.w_ssim), opt, params,
                      hooks, progress)
@@ -482,7 +524,7 @@ def refine(
         hooks.progress(1.0, "nvdiffrec done")
         with torch.no_grad():
             vertices = params.welded(problem)[problem.weld].cpu().numpy().astype(np.float32)
-            out_tex = (params.texture[0].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+            out_tex = (params.texture()[0] * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
             moved = (problem.edge * params.offsets).norm(dim=1)
             gains = params.gains().cpu().numpy()
     except torch.cuda.OutOfMemoryError as exc:
