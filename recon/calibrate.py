@@ -1,15 +1,19 @@
 """Recover the rig variant, the field of view and each view's depth encoding (DESIGN §5).
 
-Why this works: only the true cameras make the six silhouettes agree. The visual hull carved from
-all six masks re-projects exactly onto every mask when the cameras are right; a swapped or
-rotated view carves away parts the other views see, and a wrong field of view (i.e. a wrong
-camera distance, since the frame is fixed to [-1, 1] at the origin) changes the perspective so
-the silhouettes disagree at their extremes. Depth sharpens the field-of-view estimate: each raw
-depth map is an affine function of the true z-depth, so it fits the hull's rendered z-depth well
-only when the perspective is right (the hull is too big in concavities, hence a robust fit).
-
-Everything runs on small copies (about 100 px masks, a 64-96^3 voxel grid) and reuses per-camera
-projections across the 16 variants, so the search costs a few seconds on a CPU.
+Why this works: only the true cameras make the six silhouettes agree.
+1. Variant: the visual hull carved from all six masks (72^3 voxels, 96 px masks) re-projects onto
+   every mask when the cameras are right; a swapped or rotated view carves away parts the others
+   see. All 16 variants are scored at three fields of view, reusing each distinct camera pose's
+   projection, so a wrong variant is ruled out in about a second.
+2. Field of view (= camera distance, since the frame is fixed to [-1, 1] at the origin): with a
+   wrong one the silhouette cones bend, so rays through a silhouette's edge pixels miss the hull
+   of the other views. `RimScorer` measures by how much (smooth in fov), on 512 px masks.
+3. Depth: every raw depth map is affine in the true z-depth (sign free). `joint_depth_fit` fits all
+   twelve parameters together: the exact visual hull bounds the surface from the camera side (it
+   is too big in concavities and on rounded flanks, so only violations are penalised hard), and
+   two views that see the same surface point must agree on it.
+4. Shape-symmetric objects leave variants tied; colours at surface points two views share settle
+   them (`photo_error`), then depth agreement, then the fewest deviations from the nominal rig.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
         cand = _Candidate(RigVariant(), float(cams[0].fov_deg), RimScorer(inputs)(cams), residual, fits)
         return _result(inputs, cand, cams, {"source": "transforms.json", "rim_score": cand.rim,
                                              "depth_residual": residual})
-    scorer = _Scorer(inputs)
+    scorer = _HullScorer(inputs)
     # 1. every variant at three fields of view by voxel-hull IoU: a wrong variant loses far more
     #    than a wrong field of view does, so this picks the few variants worth a fov search
     per_variant: dict[RigVariant, tuple[float, float]] = {}
@@ -148,23 +152,23 @@ def _refine_fov(scorer: "RimScorer", w: int, h: int, variant: RigVariant, start:
     return _Candidate(variant, best, rim(best))
 
 
-class _Scorer:
-    """Silhouette and depth consistency of candidate cameras on small copies of the inputs."""
+class _HullScorer:
+    """Silhouette consistency of the voxel visual hull for candidate rigs, on small masks."""
 
     def __init__(self, inputs: Inputs) -> None:
         self.masks = [_downsample_mask(m, MASK_RES) for m in inputs.masks]
         axis = (np.arange(GRID) + 0.5) / GRID * 2 * BOUND - BOUND
         self.voxels = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-        self.voxel_size = 2 * BOUND / GRID
 
     # -- silhouettes -------------------------------------------------------------------------
-    def _pixels(self, cam: Camera, points: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
-        """Flat pixel index of each point in a res x res image (-1 outside) and its z-depth."""
-        px, py, z = project_points(cam.at_resolution(res, res), points)
+    def _pixels(self, cam: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat pixel index of each point in the scoring masks (-1 outside) and its z-depth."""
+        mh, mw = self.masks[0].shape
+        px, py, z = project_points(cam.at_resolution(mw, mh), points)
         j = np.floor(px).astype(np.int32)
         i = np.floor(py).astype(np.int32)
-        ok = (i >= 0) & (i < res) & (j >= 0) & (j < res) & (z > 0)
-        return np.where(ok, i * res + j, -1), z
+        ok = (i >= 0) & (i < mh) & (j >= 0) & (j < mw) & (z > 0)
+        return np.where(ok, i * mw + j, -1), z
 
     def variant_ious(self, fov: float, variants=ALL_VARIANTS) -> dict[RigVariant, float]:
         """Mean silhouette IoU of the visual hull for each variant at one field of view.
@@ -172,22 +176,22 @@ class _Scorer:
         The front and back cameras are the same in every variant, so voxels outside their
         silhouettes are dropped once; the other cameras are projected once per distinct pose.
         """
-        nominal = rig_cameras(fov, MASK_RES, MASK_RES)
+        nominal = rig_cameras(fov, 1, 1)  # poses only; _pixels sets the size
         keep = np.ones(len(self.voxels), bool)
         for s in (0, 1):
-            idx, _ = self._pixels(nominal[s], self.voxels, MASK_RES)
+            idx, _ = self._pixels(nominal[s], self.voxels)
             keep &= (idx >= 0) & self.masks[s].reshape(-1)[np.maximum(idx, 0)]
         pts = self.voxels[keep]
         cache: dict[tuple[int, bytes], tuple[np.ndarray, np.ndarray]] = {}
         out = {}
         for variant in variants:
-            cams = rig_cameras(fov, MASK_RES, MASK_RES, variant)
+            cams = rig_cameras(fov, 1, 1, variant)
             per_view = []
             inside = np.ones(len(pts), bool)
             for s, cam in enumerate(cams):
                 key = (s, cam.c2w.round(6).tobytes())
                 if key not in cache:
-                    idx, _ = self._pixels(cam, pts, MASK_RES)
+                    idx, _ = self._pixels(cam, pts)
                     cache[key] = (idx, (idx >= 0) & self.masks[s].reshape(-1)[np.maximum(idx, 0)])
                 idx, ok = cache[key]
                 per_view.append(idx)
@@ -277,7 +281,7 @@ class RimScorer:
     def __init__(self, inputs: Inputs, res: int = RIM_RES, samples: int = 300, steps: int = 128,
                  seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        self.res, self.steps = res, steps
+        self.steps = steps
         self.masks = [_downsample_mask(m, res) for m in inputs.masks]
         self.sdf = []
         for m in self.masks:
@@ -291,7 +295,8 @@ class RimScorer:
             self.pixels.append((ii[pick], jj[pick]))
 
     def __call__(self, cams: list[Camera]) -> float:
-        cams = [c.at_resolution(self.res, self.res) for c in cams]
+        mh, mw = self.masks[0].shape
+        cams = [c.at_resolution(mw, mh) for c in cams]
         misses = []
         for k, cam in enumerate(cams):
             ii, jj = self.pixels[k]
@@ -304,8 +309,8 @@ class RimScorer:
                 if j == k:
                     continue
                 px, py, z = project_points(other, pts)
-                col = np.clip(px, 0, self.res - 1).astype(np.int32)
-                row = np.clip(py, 0, self.res - 1).astype(np.int32)
+                col = np.clip(px, 0, mw - 1).astype(np.int32)
+                row = np.clip(py, 0, mh - 1).astype(np.int32)
                 np.minimum(depth_in, self.sdf[j][row, col] * z / np.float32(other.focal), out=depth_in)
             best = depth_in.reshape(len(dirs), self.steps).max(axis=1)
             misses.append(np.minimum(best, 0.0).mean())
@@ -506,5 +511,8 @@ def _erode3(a: np.ndarray) -> np.ndarray:
 
 
 def _downsample_mask(mask: np.ndarray, res: int) -> np.ndarray:
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((res, res), Image.Resampling.BOX)
+    """Box-filtered copy whose longer side is `res` (aspect kept: fov is vertical)."""
+    h, w = mask.shape
+    size = (max(1, round(res * w / max(h, w))), max(1, round(res * h / max(h, w))))
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)
     return np.asarray(img) >= 128
