@@ -41,11 +41,12 @@ def _shading(view: RenderedView, camera: Camera) -> np.ndarray:
 
 
 def _edge_strength(view: RenderedView, camera: Camera, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Per pixel in [0, 1]: how close it is to its triangle's edge, in screen pixels (~1 px lines).
+    """Per pixel in [0, 1]: line strength near its triangle's edges (~1 px antialiased lines).
 
     The perspective-correct barycentrics are turned into screen-space ones (weights times each
     vertex's depth), then each one times the triangle's screen-space altitude is the pixel's
-    distance to the opposite edge.
+    distance to the opposite edge. Lines fade on triangles only a few pixels tall, so a dense
+    mesh reads as a fine mesh over its shading instead of a solid dark blot.
     """
     px, depth = camera.project(np.asarray(vertices, dtype=np.float64))
     tri = np.asarray(faces, dtype=np.int64)
@@ -60,8 +61,9 @@ def _edge_strength(view: RenderedView, camera: Camera, vertices: np.ndarray, fac
     screen = view.barycentric[mask] * depth[tri[fid]]
     screen /= np.maximum(screen.sum(axis=1, keepdims=True), 1e-12)
     distance = (screen * altitude[fid]).min(axis=1)
+    density = np.clip((altitude[fid].min(axis=1) - 1.0) / 5.0, 0.2, 1.0)
     strength = np.zeros(mask.shape, dtype=np.float32)
-    strength[mask] = np.clip(1.5 - distance, 0.0, 1.0)
+    strength[mask] = np.clip(1.2 - distance, 0.0, 1.0) * density
     return strength
 
 
