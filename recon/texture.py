@@ -58,12 +58,14 @@ class Bake:
     views_used: list[int]  # texels each view contributed to
 
 
-def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> AtlasRaster:
+def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> AtlasRaster:
     """Which face (and barycentrics) covers each texel centre, vectorised over faces.
 
-    Every face enumerates the texel centres of its bounding box (np.repeat over the box sizes),
-    then keeps those inside; charts never overlap, so each texel belongs to one face (ties on
-    shared edges go to the later face, which has the same colour there).
+    Every face enumerates the texel centres of its bounding box (np.repeat over the box sizes)
+    and keeps those inside; barycentrics are affine in the texel position, so each face gets
+    its coefficients once. Charts never overlap, so each texel belongs to one face (ties on
+    shared edges go to the later face, which has the same colour there). Candidates are
+    processed in chunks of about `chunk` to bound memory.
     """
     x = uv[:, 0].astype(np.float64) * size - 0.5  # texel centres at integers
     y = (1.0 - uv[:, 1].astype(np.float64)) * size - 0.5
@@ -74,29 +76,43 @@ def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> AtlasRaster
     y1 = np.clip(np.floor(fy.max(1)), 0, size - 1).astype(np.int64)
     w = np.maximum(x1 - x0 + 1, 0)
     counts = w * np.maximum(y1 - y0 + 1, 0)
-    face = np.repeat(np.arange(len(faces)), counts)
-    local = np.arange(len(face)) - np.repeat(np.cumsum(counts) - counts, counts)
-    cx = (x0[face] + local % w[face]).astype(np.float64)
-    cy = (y0[face] + local // w[face]).astype(np.float64)
-    # Barycentrics from the 2D edge functions.
-    ax, ay = fx[face, 0], fy[face, 0]
-    e1x, e1y = fx[face, 1] - ax, fy[face, 1] - ay
-    e2x, e2y = fx[face, 2] - ax, fy[face, 2] - ay
+    # b1 = a1 * (cx - x0) + c1 * (cy - y0) + d1 (and b2 alike), relative to the box corner.
+    e1x, e1y = fx[:, 1] - fx[:, 0], fy[:, 1] - fy[:, 0]
+    e2x, e2y = fx[:, 2] - fx[:, 0], fy[:, 2] - fy[:, 0]
     det = e1x * e2y - e1y * e2x
-    safe = np.where(np.abs(det) < 1e-12, 1.0, det)
-    px, py = cx - ax, cy - ay
-    b1 = (px * e2y - py * e2x) / safe
-    b2 = (e1x * py - e1y * px) / safe
-    b0 = 1.0 - b1 - b2
-    eps = -1e-6
-    inside = (np.abs(det) >= 1e-12) & (b0 >= eps) & (b1 >= eps) & (b2 >= eps)
-    texel = cy[inside].astype(np.int64) * size + cx[inside].astype(np.int64)
-    # One entry per texel: the last candidate wins on shared edges (same colour there).
-    owner = np.full(size * size, -1, dtype=np.int64)
-    owner[texel] = np.arange(len(texel))
-    keep = owner[owner >= 0]
-    bary = np.stack([b0[inside][keep], b1[inside][keep], b2[inside][keep]], axis=1)
-    return AtlasRaster(size, texel[keep], face[inside][keep], np.clip(bary, 0.0, 1.0).astype(np.float32))
+    ok = np.abs(det) >= 1e-12
+    counts[~ok] = 0  # degenerate in UV: covers no texel centre
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    ox, oy = x0 - fx[:, 0], y0 - fy[:, 0]
+    coef = np.stack([e2y * inv, -e2x * inv, (ox * e2y - oy * e2x) * inv,
+                     -e1y * inv, e1x * inv, (e1x * oy - e1y * ox) * inv], axis=1).astype(np.float32)
+
+    owner_face = np.full(size * size, -1, dtype=np.int64)
+    owner_bary = np.zeros((size * size, 2), dtype=np.float32)
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(faces):
+        stop = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + chunk, side="right"))
+        stop = max(stop, start + 1)
+        ids = np.arange(start, min(stop, len(faces)))
+        face = np.repeat(ids, counts[ids])
+        local = np.arange(len(face)) - np.repeat(np.cumsum(counts[ids]) - counts[ids], counts[ids])
+        lx = (local % w[face]).astype(np.float32)
+        ly = (local // w[face]).astype(np.float32)
+        c = coef[face]
+        b1 = c[:, 0] * lx + c[:, 1] * ly + c[:, 2]
+        b2 = c[:, 3] * lx + c[:, 4] * ly + c[:, 5]
+        eps = -1e-5
+        inside = (b1 >= eps) & (b2 >= eps) & (b1 + b2 <= 1.0 - eps)
+        face = face[inside]
+        texel = (y0[face] + ly[inside].astype(np.int64)) * size + x0[face] + lx[inside].astype(np.int64)
+        owner_face[texel] = face
+        owner_bary[texel] = np.stack([b1[inside], b2[inside]], axis=1)
+        start = stop
+    texel = np.nonzero(owner_face >= 0)[0]
+    b12 = np.clip(owner_bary[texel], 0.0, 1.0)
+    bary = np.concatenate([np.clip(1.0 - b12.sum(1, keepdims=True), 0.0, 1.0), b12], axis=1)
+    return AtlasRaster(size, texel, owner_face[texel], bary)
 
 
 def _bilinear(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
