@@ -203,6 +203,10 @@ def run_sample(base: str, sample: Path, model_type: str, downloads: Path) -> boo
     return True
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-sample", action="store_true", help="only start the stack")
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     embedded = EmbeddedStack(settings.data_dir, settings.api_host, settings.api_port, args.prefect_port)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
     code = 0
     try:
         embedded.start()

@@ -19,6 +19,10 @@ def quality_summary(quality: dict[str, Any]) -> dict[str, Any]:
     return {key: quality.get(key) for key in ("status", "psnr", "ssim", "mask_iou")}
 
 
+def _rounded(value: Any, digits: int) -> Any:
+    return round(value, digits) if isinstance(value, float) else value
+
+
 @stage_task("metrics")
 def metrics(run: JobRun, model: str, mesh: TexturedMesh, inputs: Inputs, calibration: Calibration, out_dir: Path) -> dict[str, Any]:
     with failing_as(model, "metrics"):
@@ -32,7 +36,8 @@ def metrics(run: JobRun, model: str, mesh: TexturedMesh, inputs: Inputs, calibra
         if summary["status"] == "failure":
             raise ServiceError(
                 "QUALITY_THRESHOLD_FAILED",
-                f"Reconstruction quality below threshold for '{model}': PSNR {summary['psnr']} dB, SSIM {summary['ssim']}",
+                f"Reconstruction quality below threshold for '{model}': "
+                f"PSNR {_rounded(summary['psnr'], 2)} dB, SSIM {_rounded(summary['ssim'], 3)}",
                 {"model": model, "pipeline_stage": "metrics", "psnr": summary["psnr"], "ssim": summary["ssim"]},
             )
         return quality
