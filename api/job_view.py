@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -168,7 +169,7 @@ class JobViewCache:
     def __init__(self, ctx: "ApiContext") -> None:
         self.ctx = ctx
         self._views: dict[str, tuple[float, JobView]] = {}
-        self._inflight: dict[str, asyncio.Future[JobView | None]] = {}
+        self._inflight: dict[str, asyncio.Task[JobView | None]] = {}
 
     def invalidate(self, job_id: str) -> None:
         self._views.pop(job_id, None)
@@ -176,27 +177,27 @@ class JobViewCache:
     async def get(self, job_id: str, *, fresh: bool = False) -> JobView | None:
         """The job's view, or None when no record exists. `fresh` bypasses the cache (cancel and
         download decide on the current state)."""
-        now = time.monotonic()
-        if not fresh:
-            hit = self._views.get(job_id)
-            if hit is not None and now - hit[0] < STATUS_CACHE_SECONDS:
-                return hit[1]
-            pending = self._inflight.get(job_id)
-            if pending is not None:
-                return await asyncio.shield(pending)
-        future: asyncio.Future[JobView | None] = asyncio.get_running_loop().create_future()
-        if not fresh:
-            self._inflight[job_id] = future
-        try:
-            view = await self._load(job_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
-            raise
-        finally:
-            if self._inflight.get(job_id) is future:
-                del self._inflight[job_id]
-        future.set_result(view)
+        if fresh:
+            return self._remember(job_id, await self._load(job_id))
+        hit = self._views.get(job_id)
+        if hit is not None and time.monotonic() - hit[0] < STATUS_CACHE_SECONDS:
+            return hit[1]
+        task = self._inflight.get(job_id)
+        if task is None:
+            # A task of its own, so that a client hanging up does not cancel the lookup the
+            # other requests for this job are waiting on.
+            task = asyncio.ensure_future(self._load(job_id))
+            self._inflight[job_id] = task
+            task.add_done_callback(partial(self._done, job_id))
+        return await asyncio.shield(task)
+
+    def _done(self, job_id: str, task: "asyncio.Task[JobView | None]") -> None:
+        if self._inflight.get(job_id) is task:
+            del self._inflight[job_id]
+        if not task.cancelled() and task.exception() is None:  # exception(): marks it retrieved
+            self._remember(job_id, task.result())
+
+    def _remember(self, job_id: str, view: JobView | None) -> JobView | None:
         if view is not None:
             self._views[job_id] = (time.monotonic(), view)
             if len(self._views) > 10_000:  # bound memory: drop the oldest half

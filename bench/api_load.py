@@ -110,31 +110,36 @@ async def status_load(base: str, api_pid: int, job_ids: list[str], per_client: i
     seconds (0: closed loop, the next request as soon as the last one answered)."""
     samples: list[float] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-        async def one_client(i: int) -> None:
-            job_id = job_ids[i % len(job_ids)]
-            if interval:
-                await asyncio.sleep(interval * i / CLIENTS)  # spread the pollers over the interval
-            for _ in range(per_client):
-                t0 = time.perf_counter()
-                try:
-                    response = await client.get(f"/jobs/{job_id}")
-                    if response.status_code != 200:
-                        errors.append(f"HTTP {response.status_code}")
-                except httpx.TransportError as exc:  # counted, not fatal: the numbers still say something
-                    errors.append(type(exc).__name__)
-                    continue
-                elapsed = time.perf_counter() - t0
-                samples.append(elapsed)
-                if interval:
-                    await asyncio.sleep(max(0.0, interval - elapsed))
+    # One AsyncClient (one connection) per simulated client, as 100 real clients would have: a
+    # single pool of 100 connections spends most of its time in httpcore's own bookkeeping.
+    clients = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(CLIENTS)]
 
+    async def one_client(i: int) -> None:
+        client, job_id = clients[i], job_ids[i % len(job_ids)]
+        if interval:
+            await asyncio.sleep(interval * i / CLIENTS)  # spread the pollers over the interval
+        for _ in range(per_client):
+            t0 = time.perf_counter()
+            try:
+                response = await client.get(f"/jobs/{job_id}")
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}")
+            except httpx.TransportError as exc:  # counted, not fatal: the numbers still say something
+                errors.append(type(exc).__name__)
+                continue
+            elapsed = time.perf_counter() - t0
+            samples.append(elapsed)
+            if interval:
+                await asyncio.sleep(max(0.0, interval - elapsed))
+
+    try:
         if not interval:  # closed loop: open the connections first, so setup is not counted
-            await asyncio.gather(*(client.get(f"/jobs/{job_ids[i % len(job_ids)]}") for i in range(CLIENTS)))
+            await asyncio.gather(*(c.get(f"/jobs/{job_ids[i % len(job_ids)]}") for i, c in enumerate(clients)))
         t0, cpu0 = time.perf_counter(), cpu_seconds(api_pid)
         await asyncio.gather(*(one_client(i) for i in range(CLIENTS)))
         wall, cpu = time.perf_counter() - t0, cpu_seconds(api_pid) - cpu0
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
     return {**percentiles(samples), "errors": len(errors), "error_kinds": sorted(set(errors)),
             "requests_per_s": round(len(samples) / wall, 1), "interval_s": interval or None,
             "api_cpu_ms_per_request": round(1000 * cpu / max(1, len(samples)), 3)}
