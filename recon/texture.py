@@ -227,23 +227,24 @@ def bake_colors(
         valid = view.mask & mask_small
         edge = _edge_weight(valid, view.depth, max(2.0, EDGE_FRACTION * max(vis_cam.width, vis_cam.height)))
 
-        px, py, z = project_points(cam, points)
+        # Facing test first (cheap), then project only the texels that face the camera.
         to_cam = cam.position.astype(np.float32) - points
-        cos = np.einsum("nc,nc->n", normals, to_cam) / np.maximum(np.linalg.norm(to_cam, axis=1), 1e-12)
+        cos_all = np.einsum("nc,nc->n", normals, to_cam) / np.maximum(np.linalg.norm(to_cam, axis=1), 1e-12)
+        idx = np.nonzero(cos_all > 0.05)[0]
+        cos = cos_all[idx]
+        px, py, z = project_points(cam, points[idx])
         vx, vy = px * scale, py * scale
-        inside = (z > 0) & (cos > 0.05) & (vx >= 0) & (vy >= 0) & (vx < vis_cam.width) & (vy < vis_cam.height)
-        idx = np.nonzero(inside)[0]
-        vxi, vyi, zi = vx[idx], vy[idx], z[idx]
-        rendered = _nearest(view.depth, vxi, vyi)
+        keep = (z > 0) & (vx >= 0) & (vy >= 0) & (vx < vis_cam.width) & (vy < vis_cam.height)
+        idx, cos, px, py, z, vx, vy = (a[keep] for a in (idx, cos, px, py, z, vx, vy))
+        rendered = _nearest(view.depth, vx, vy)
         # The rendered depth varies within a pixel by up to (pixel footprint) * tan(angle).
-        tan = np.sqrt(np.maximum(1.0 - cos[idx] ** 2, 0.0)) / np.maximum(cos[idx], 0.2)
-        tol = zi * (DEPTH_TOLERANCE + 1.5 * tan / vis_cam.focal)
-        ok = (np.abs(rendered - zi) <= tol) & _nearest(valid, vxi, vyi)
-        ok &= _nearest(full_mask, px[idx], py[idx])
-        idx = idx[ok]
-        weight = (cos[idx] ** angle_power) * _nearest(edge, vx[idx], vy[idx])
+        tan = np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / np.maximum(cos, 0.2)
+        tol = z * (DEPTH_TOLERANCE + 1.5 * tan / vis_cam.focal)
+        ok = (np.abs(rendered - z) <= tol) & _nearest(valid, vx, vy) & _nearest(full_mask, px, py)
+        idx, cos, px, py, vx, vy = (a[ok] for a in (idx, cos, px, py, vx, vy))
+        weight = (cos ** angle_power) * _nearest(edge, vx, vy)
         # Mask-weighted bilinear lookup: taps on the background never leak into the colour.
-        sample = _bilinear(premultiplied, px[idx], py[idx])
+        sample = _bilinear(premultiplied, px, py)
         acc[idx] += weight[:, None] * sample[:, :3] / np.maximum(sample[:, 3:], 1e-6)
         wsum[idx] += weight
         views_used.append(int(len(idx)))
