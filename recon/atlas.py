@@ -18,6 +18,8 @@ import xatlas
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from recon.errors import ModelFailed
+
 # Projection directions: the 6 axes and the 8 cube diagonals (angle to the nearest <= 54.7 deg
 # with axes only; <= ~40 deg with the diagonals added).
 _AXES = np.eye(3)
@@ -112,7 +114,7 @@ def unwrap(
     pack_options.padding = padding
     atlas.generate(chart_options, pack_options)
     if atlas.atlas_count != 1:  # not expected with an estimated texels-per-unit, but guard it
-        raise RuntimeError(f"xatlas packed into {atlas.atlas_count} atlases, expected one")
+        raise ModelFailed(f"xatlas packed the charts into {atlas.atlas_count} atlases, expected one")
     packed_vmapping, packed_faces, uv = atlas[0]
     vmapping = vmapping[packed_vmapping.astype(np.int64)]
     # Which way v points inside the atlas does not matter (the baker writes texel row r at
