@@ -36,7 +36,9 @@ FINE_TARGET, FINE_SOURCE, FINE_ITERATIONS = 10000, 30000, 20
 FINALISTS = 3  # distinct coarse results refined on dense points
 TRIM = 0.9  # share of correspondences kept per ICP step (drops flying pixels, generator errors)
 TIE = 1.3  # finalists within this factor of the best residual are compared by silhouette IoU
-SILHOUETTE_RES = 128  # silhouettes are compared at most at this size
+SILHOUETTE_RES = 128  # the reported silhouette IoU renders the mesh at most at this size
+SPLAT_RES = 64  # candidate poses are ranked by splatted silhouettes at this size
+IOU_FINALISTS = 2  # coarse results with the best silhouettes that are refined as well
 REJECT_RATIO, REJECT_MIN_PCT = 3.0, 0.5  # a view this far off (x median, % of diagonal) is dropped
 
 
@@ -216,16 +218,22 @@ def align_to_rig(
     candidates = sorted((coarse.icp(m, coarse_target, COARSE_ITERATIONS, plane=False)
                          for m, _ in _distinct(candidates, t_r, SURVIVORS)), key=lambda c: c[1])
 
-    finalists: list[tuple[np.ndarray, float]] = []
-    for matrix, _ in _distinct(candidates, t_r, FINALISTS):
+    # Finalists: the best fits by depth residual, plus the best by silhouette agreement (a whole
+    # view of wrong depth can make a wrong pose fit the depths best on thin or symmetric shapes).
+    silhouettes = _Silhouettes(inputs, calibration)
+    by_iou = sorted(candidates, key=lambda c: -silhouettes.iou(coarse.points, c[0]))
+    finalist_target = target[rng.permutation(len(target))[: len(target) // 2]]
+    starts = _distinct(candidates, t_r, FINALISTS) + _distinct(by_iou, t_r, IOU_FINALISTS)
+    finalists = []
+    for matrix, _ in _distinct(starts, t_r, len(starts)):
         hooks.check()
-        finalists.append(fine.icp(matrix, target, FINE_ITERATIONS, plane=True))
+        refined, residual = fine.icp(matrix, finalist_target, FINE_ITERATIONS // 2, plane=True)
+        finalists.append((refined, residual, silhouettes.iou(fine.points, refined)))
     hooks.progress(0.8, "checking silhouettes")
-    best_residual = min(r for _, r in finalists)
-    tied = [(m, r) for m, r in finalists if r <= TIE * best_residual]
-    scored = [(m, r, _silhouette_iou(vertices, faces, m, inputs, calibration)) for m, r in tied]
-    matrix, residual, iou = max(scored, key=lambda c: (round(c[2], 3), -c[1]))
-    chosen = matrix
+    best_residual = min(r for _, r, _ in finalists)
+    tied = [c for c in finalists if c[1] <= TIE * best_residual]
+    chosen = max(tied, key=lambda c: (round(c[2], 2), -c[1]))[0]
+    matrix, residual = fine.icp(chosen, target, FINE_ITERATIONS, plane=True)
 
     aligned = trimesh.transform_points(vertices, matrix)
     diag = float(np.linalg.norm(aligned.max(axis=0) - aligned.min(axis=0)))
@@ -246,13 +254,11 @@ def align_to_rig(
         mirrored=det < 0,
         residual_pct=100.0 * residual / diag,
         inlier_fraction=float((dist < 0.01 * diag).mean()),
-        silhouette_iou=iou,
+        silhouette_iou=_silhouette_iou(vertices, faces, matrix, inputs, calibration),
         candidates=len(perms),
         views_rejected=[calibration.depth_cameras[k].slot or str(k) for k in rejected],
-        finalists=[{"residual_pct_of_diagonal": 100.0 * r / diag, "silhouette_iou": i,
-                    "chosen": m is chosen} for m, r, i in scored]
-        + [{"residual_pct_of_diagonal": 100.0 * r / diag, "chosen": False}
-           for m, r in finalists if r > TIE * best_residual],
+        finalists=[{"residual_pct_of_diagonal": 100.0 * r / diag, "silhouette_iou_splat": i,
+                    "chosen": m is chosen} for m, r, i in finalists],
     )
 
 
@@ -288,6 +294,37 @@ def _distinct(candidates: list[tuple[np.ndarray, float]], radius: float,
         if len(out) == limit:
             break
     return out
+
+
+class _Silhouettes:
+    """Cheap silhouette agreement for ranking poses: surface samples splatted into each view at
+    SPLAT_RES pixels and closed, against the downsampled input masks. Rendering the mesh costs
+    ~0.1 s per view on a CPU; this costs milliseconds, so every candidate pose can be scored."""
+
+    def __init__(self, inputs: Inputs, calibration: Calibration) -> None:
+        from PIL import Image
+
+        self.views = []
+        for cam, mask in zip(calibration.depth_cameras, inputs.depth_masks):
+            factor = min(1.0, SPLAT_RES / max(cam.width, cam.height))
+            w, h = max(1, round(cam.width * factor)), max(1, round(cam.height * factor))
+            small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
+                (w, h), Image.Resampling.BOX)) >= 128
+            self.views.append((cam.at_resolution(w, h), small))
+
+    def iou(self, points: np.ndarray, matrix: np.ndarray) -> float:
+        moved = points @ matrix[:3, :3].T + matrix[:3, 3]
+        ious = []
+        for cam, mask in self.views:
+            pixels, depth = cam.project(moved)
+            col, row = np.floor(pixels[:, 0]).astype(int), np.floor(pixels[:, 1]).astype(int)
+            inside = (depth > 0) & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height)
+            splat = np.zeros(mask.shape, bool)
+            splat[row[inside], col[inside]] = True
+            splat = ndimage.binary_closing(splat, iterations=1, border_value=0) | splat
+            union = np.logical_or(splat, mask).sum()
+            ious.append(np.logical_and(splat, mask).sum() / union if union else 0.0)
+        return float(np.mean(ious))
 
 
 def _silhouette_iou(vertices: np.ndarray, faces: np.ndarray, matrix: np.ndarray, inputs: Inputs,

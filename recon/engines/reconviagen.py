@@ -113,7 +113,8 @@ class ReconViaGenEngine:
         if importlib.util.find_spec("trellis") is None:
             return (
                 "the ReconViaGen runtime (Python package 'trellis' from the ReconViaGen repository) "
-                "is not installed on this worker; build the GPU image with the reconviagen layer"
+                "is not installed on this worker; build the GPU image with the reconviagen layer "
+                "(docs/RECONVIAGEN.md)"
             )
         if device == "cpu":
             return "ReconViaGen needs a CUDA GPU (sparse convolutions and xformers have no CPU path)"
