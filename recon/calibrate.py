@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from recon.errors import ValidationFailed
 from recon.hooks import Hooks
-from recon.projection import project_points
+from recon.projection import frame_half_size, project_points
 from recon.rig import ALL_VARIANTS, SLOTS, Camera, RigVariant, rig_cameras
 from recon.types import Calibration, Inputs
 
@@ -41,6 +41,7 @@ RIM_RES = 512  # silhouettes for the rim score are compared at this size
 RIM_TIE = 0.0005  # finalists this close in rim score (world units) are told apart by depth
 MAX_FINALISTS = 4  # groups of shape-equivalent variants that get a fov search
 FOV_RANGE = (15.0, 90.0)
+SEARCH_REACH = 1.6  # rays are searched this many frame half-sizes either side of the origin
 HULL_PULL = 0.005  # weight of "metric depth is farther than the hull" (normal, so weak)
 
 
@@ -228,7 +229,8 @@ def precise_depth_fits(inputs: Inputs, cams: list[Camera], samples: int = 1500,
         dirs = _rays(cam, ii, jj)
         origin = cam.position.astype(np.float32)
         dist = float(np.linalg.norm(cam.position))
-        zs = np.linspace(max(dist - 1.6, 0.05), dist + 1.6, steps, dtype=np.float32)
+        reach = SEARCH_REACH * frame_half_size(cams)
+        zs = np.linspace(max(dist - reach, 0.05 * dist), dist + reach, steps, dtype=np.float32)
         pts = origin + (zs[None, :, None] * dirs[:, None, :]).reshape(-1, 3)
         hit = _inside_others(cams, inputs.masks, k, pts).reshape(len(dirs), steps)
         first = hit.argmax(axis=1)
@@ -302,7 +304,8 @@ class RimScorer:
             ii, jj = self.pixels[k]
             dirs = _rays(cam, ii, jj)
             dist = float(np.linalg.norm(cam.position))
-            zs = np.linspace(max(dist - 1.6, 0.05), dist + 1.6, self.steps, dtype=np.float32)
+            reach = SEARCH_REACH * frame_half_size(cams)
+            zs = np.linspace(max(dist - reach, 0.05 * dist), dist + reach, self.steps, dtype=np.float32)
             pts = cam.position.astype(np.float32) + (zs[None, :, None] * dirs[:, None, :]).reshape(-1, 3)
             depth_in = np.full(len(pts), np.inf, np.float32)
             for j, other in enumerate(cams):

@@ -24,15 +24,15 @@ from skimage.measure import marching_cubes
 
 from recon.errors import ModelFailed
 from recon.hooks import Hooks
-from recon.projection import normalized_coords, to_pixels
+from recon.projection import frame_half_size, normalized_coords, to_pixels
 from recon.rig import Camera
 from recon.types import Calibration, Inputs
 
 SILHOUETTE_RES = 1024  # silhouettes' distance transforms are computed at most at this size
 BLOCK = 4  # fine voxels per coarse block edge
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # points per field evaluation batch (bounds temporary memory)
 SDF_MARGIN = 64  # pixels around the silhouette where its distance transform is exact
-SMOOTH_STEP = 0.02  # depth steps larger than this (world units) between neighbours are edges  # points per field evaluation batch (bounds temporary memory)
+SMOOTH_STEP = 0.02  # depth steps above this (x frame half-size) between neighbours are edges
 
 
 def fuse_geometry(
@@ -77,10 +77,13 @@ class SignedField:
             self.sil_sdf.append(sdf)
             self.sil_cams.append(cam.at_resolution(sdf.shape[1], sdf.shape[0]))
         self.depth_cams = calibration.depth_cameras
-        self.depths = [_DepthCells(d.astype(np.float32)) for d in calibration.depths]
+        step = SMOOTH_STEP * frame_half_size(calibration.cameras)
+        self.depths = [_DepthCells(d.astype(np.float32), step) for d in calibration.depths]
 
-    def bounds(self, res: int = 64, bound: float = 1.3) -> tuple[np.ndarray, np.ndarray]:
-        """Axis-aligned box around the carved object, from a coarse pass, padded a little."""
+    def bounds(self, res: int = 64, reach: float = 1.3) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned box around the carved object, from a coarse pass, padded a little.
+        The pass covers `reach` frame half-sizes around the origin (rig.py: the frame)."""
+        bound = reach * frame_half_size(self.sil_cams)
         axis = np.linspace(-bound, bound, res, dtype=np.float32)
         pts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
         inside = pts[self(pts) < 0]
@@ -149,14 +152,14 @@ def _nearest(img: np.ndarray, px: np.ndarray, py: np.ndarray, outside: np.float3
 class _DepthCells:
     """Per 2x2 cell of a depth map: the nearest valid depth and whether bilinear is safe."""
 
-    def __init__(self, depth: np.ndarray) -> None:
+    def __init__(self, depth: np.ndarray, step: float) -> None:
         inf = np.float32(np.inf)
         d = np.pad(depth, ((0, 1), (0, 1)))
         quad = [d[:-1, :-1], d[:-1, 1:], d[1:, :-1], d[1:, 1:]]
         valid = [q > 0 for q in quad]
         nearest = np.minimum.reduce([np.where(v, q, inf) for q, v in zip(quad, valid)])
         farthest = np.maximum.reduce(quad)
-        smooth = np.logical_and.reduce(valid) & (farthest - nearest < SMOOTH_STEP)
+        smooth = np.logical_and.reduce(valid) & (farthest - nearest < step)
         self.depth = depth
         self.nearest = np.where(np.isfinite(nearest), nearest, np.nan).astype(np.float32)
         self.smooth = smooth

@@ -32,3 +32,9 @@ def project_points(cam: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndar
     xn, yn, depth = normalized_coords(cam, points)
     px, py = to_pixels(cam, xn, yn)
     return px, py, depth
+
+
+def frame_half_size(cams: list[Camera]) -> float:
+    """Half the height the cameras' frames span at the origin (1 for the rig by construction;
+    uploaded cameras may use any unit), used to size search ranges and grids."""
+    return float(np.mean([np.linalg.norm(c.position) * np.tan(np.radians(c.fov_deg) / 2) for c in cams]))
