@@ -88,18 +88,36 @@ def _render_size(width: int, height: int, max_resolution: int) -> tuple[int, int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _bbox(region: np.ndarray, margin: int, min_size: int) -> tuple[slice, slice]:
+    """Row/column slices of `region`'s bounding box grown by `margin` (whole image if empty)."""
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    if len(rows) == 0:
+        return slice(None), slice(None)
+    h, w = region.shape
+    r0, r1 = max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)
+    c0, c1 = max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)
+    if r1 - r0 < min_size or c1 - c0 < min_size:
+        return slice(None), slice(None)
+    return slice(r0, r1), slice(c0, c1)
+
+
 def compare_view(rendered: np.ndarray, rendered_mask: np.ndarray, image: np.ndarray,
                  mask: np.ndarray) -> dict[str, float]:
     """PSNR/SSIM on the object (union of both masks) and on the full frame over white, and IoU."""
     target = np.where(mask[..., None], image, 1.0)
     region = mask | rendered_mask
     union = int(region.sum())
-    smap = ssim_map(rendered, target)
+    # SSIM only around the object: outside it both images are the same white, where SSIM is
+    # exactly 1, so the full-frame mean follows from the crop (a margin wider than the 7x7
+    # window keeps the crop's own values exact).
+    crop = _bbox(region, margin=8, min_size=7)
+    smap = ssim_map(rendered[crop], target[crop])
+    outside = region.size - smap.size
     return {
         "psnr": psnr(rendered, target, region),
-        "ssim": float(smap[region].mean()) if union else float(smap.mean()),
+        "ssim": float(smap[region[crop]].mean()) if union else 1.0,
         "psnr_full": psnr(rendered, target),
-        "ssim_full": float(smap.mean()),
+        "ssim_full": float((smap.sum() + outside) / region.size),
         "mask_iou": float((mask & rendered_mask).sum() / union) if union else 1.0,
     }
 

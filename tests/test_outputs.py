@@ -153,3 +153,21 @@ def test_chamfer_and_fscore_against_known_offsets():
     assert 0.3 < result["chamfer_pct"] < 2.0 and result["fscore"] < 0.5
     # The farthest point moves by 4% of the half diagonal = 2% of the diagonal.
     assert result["chamfer_pct"] <= result["hausdorff_pct"] <= 2.0 + 1e-6
+
+
+def test_compare_view_crop_gives_the_full_frame_ssim():
+    from recon.metrics import compare_view, ssim_map
+
+    rng = np.random.default_rng(1)
+    image, rendered = np.ones((120, 100, 3)), np.ones((120, 100, 3))
+    mask = np.zeros((120, 100), bool)
+    mask[30:70, 20:60] = True
+    rendered_mask = np.zeros_like(mask)
+    rendered_mask[32:72, 22:61] = True
+    image[mask] = rng.random((mask.sum(), 3))
+    rendered[rendered_mask] = rng.random((rendered_mask.sum(), 3))
+    result = compare_view(rendered, rendered_mask, image, mask)
+    full = ssim_map(rendered, image)
+    assert result["ssim_full"] == pytest.approx(full.mean(), abs=1e-12)
+    assert result["ssim"] == pytest.approx(full[mask | rendered_mask].mean(), abs=1e-12)
+    assert result["mask_iou"] == pytest.approx((mask & rendered_mask).sum() / (mask | rendered_mask).sum())
