@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -52,13 +54,14 @@ def decode_inputs(
     views = [views[i] for i in assign_slots([p.name for p in views], VIEW_FIELD)]
     depths = [depths[i] for i in assign_slots([p.name for p in depths], DEPTH_FIELD)]
 
-    images, alphas, depth_raw = [], [], []
-    for path in views:
-        rgb, alpha = _read_colour(path, cap)
-        images.append(rgb)
-        alphas.append(alpha)
-    for path in depths:
-        depth_raw.append(_read_depth(path, cap))
+    # PNG decoding releases the GIL: two threads halve the wall time on a 2-core host
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        colour = [pool.submit(_read_colour, path, cap) for path in views]
+        depth = [pool.submit(_read_depth, path, cap) for path in depths]
+        decoded = [f.result() for f in colour]  # in order, so the first bad file is reported
+        depth_raw = [f.result() for f in depth]
+    images = [rgb for rgb, _ in decoded]
+    alphas = [alpha for _, alpha in decoded]
 
     for field, arrays, paths in ((VIEW_FIELD, images, views), (DEPTH_FIELD, depth_raw, depths)):
         shapes = {a.shape[:2] for a in arrays}
