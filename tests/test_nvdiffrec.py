@@ -81,7 +81,8 @@ def case() -> tuple[Inputs, Calibration, TexturedMesh]:
 
 def _settings(**changes) -> NvdiffrecSettings:
     base = dict(joint_resolutions=(RES,), joint_iterations=20, texture_iterations=20,
-                texture_resolution=RES, check_every=5, tolerance=0.0)
+                texture_resolution=RES, check_every=5, tolerance=0.0, lr_texture=0.03,
+                time_budget_s=0.0)
     base.update(changes)
     return NvdiffrecSettings.for_device("cpu", **base)
 

@@ -59,7 +59,7 @@ class NvdiffrecSettings:
     # a full-resolution residual only moves the texels that input pixels happen to sample,
     # which shows as speckle from any other viewpoint; with mipmaps (CUDA) 1 is right.
     texture_residual_scale: int = 0
-    lr_texture: float = 0.03
+    lr_texture: float = 0.01
     lr_offset: float = 0.01  # mean edge lengths per step (0.05 measured to overshoot)
     lr_gain: float = 0.01
     w_ssim: float = 0.2
@@ -73,6 +73,10 @@ class NvdiffrecSettings:
     optimise_gains: bool = False  # per-view exposure/white balance (real captures)
     filter_mode: str = "linear"
     check_every: int = 10  # iterations between progress/cancel checks and convergence windows
+    # Wall-clock budget of the refinement (0: none). Joint stages share 60 %, the texture stage
+    # gets the rest; a stage that reaches its share stops as if converged.
+    time_budget_s: float = 120.0
+    ssim_in_texture_stage: bool = False  # SSIM at the input resolution is costly on CPU
     tolerance: float = 0.002  # stop a stage when a window improves the loss by less than this
     divergence_factor: float = 3.0  # the loss rising above this multiple of its start is failure
     seed: int = 0
@@ -93,6 +97,8 @@ class NvdiffrecSettings:
                 filter_mode="linear-mipmap-linear",
                 texture_residual_scale=1,
                 check_every=25,
+                time_budget_s=0.0,
+                ssim_in_texture_stage=True,
                 threads=0,
             )
         else:
@@ -168,12 +174,22 @@ class Params:
     base: torch.Tensor
 
     def texture(self) -> torch.Tensor:
-        """The current texture [1,T,T,3] in [0, 1]."""
+        """The texture [1,T,T,3] in [0, 1]: base + bilinear upsampling of the residual."""
         size = self.base.shape[1:3]
         res = self.residual.permute(0, 3, 1, 2)
         if tuple(res.shape[2:]) != tuple(size):
             res = F.interpolate(res, size=size, mode="bilinear", align_corners=False)
         return (self.base + res.permute(0, 2, 3, 1)).clamp(0.0, 1.0).contiguous()
+
+    def sample(self, backend: RenderBackend, uv: torch.Tensor, filter_mode: str,
+               base: torch.Tensor | None = None) -> torch.Tensor:
+        """Colour at `uv` [B,H,W,2]: the base texture's sample (or the cached `base` sample) plus
+        the residual's own sample. Sampling the small residual directly instead of building the
+        full-size texture each iteration keeps the per-iteration cost independent of T (both are
+        bilinear, so this matches `texture()` up to interpolation order)."""
+        if base is None:  # differentiable w.r.t. uv: the base texture also steers the geometry
+            base = backend.texture(self.base, uv, filter_mode=filter_mode)
+        return (base + backend.texture(self.residual, uv, filter_mode=filter_mode)).clamp(0.0, 1.0)
 
     def gains(self) -> torch.Tensor:
         """Per-view RGB gains with their mean fixed at 1 (the texture carries the mean)."""
@@ -320,6 +336,7 @@ class _Monitor:
         self.window: list[float] = []
         self.previous: float | None = None
         self.best = math.inf
+        self.lowest = math.inf  # lowest loss after the first iteration
 
     def update(self, iteration: int, loss: float) -> bool:
         """Record `loss`; True when the stage has converged. Raises on divergence."""
@@ -330,6 +347,8 @@ class _Monitor:
             )
         if self.first is None:
             self.first = loss
+        else:
+            self.lowest = min(self.lowest, loss)
         if iteration >= 2 and loss > self.settings.divergence_factor * self.first:
             raise ConvergenceFailed(
                 f"nvdiffrec diverged: loss {loss:.4g} is above {self.settings.divergence_factor}x "
@@ -346,10 +365,12 @@ class _Monitor:
         self.previous = mean
         return converged
 
-    def require_improvement(self) -> None:
-        """MODEL_CONVERGENCE_FAILED unless some window ended below the stage's starting loss."""
-        last = sum(self.window) / len(self.window) if self.window else math.inf
-        if self.first is not None and min(self.best, last) >= self.first:
+    def require_improvement(self, iterations: int) -> None:
+        """MODEL_CONVERGENCE_FAILED unless some iteration after the first had a lower loss (judged
+        once the stage ran two check intervals: Adam's first steps may raise it briefly)."""
+        if iterations < 2 * self.settings.check_every:
+            return
+        if self.first is not None and self.lowest >= self.first:
             raise ConvergenceFailed(
                 f"nvdiffrec did not improve in stage {self.stage}: loss stayed at or above "
                 f"{self.first:.4g}", stage=self.stage, start=self.first,
@@ -394,7 +415,7 @@ def joint_loss(
     rast = backend.rasterize(pos, tri, (targets.height, targets.width))
     covered = rast[..., 3] > 0
     uv = backend.interpolate(problem.uv, rast, tri)
-    color = backend.texture(params.texture(), uv, filter_mode=s.filter_mode)
+    color = params.sample(backend, uv, s.filter_mode)
     color = color * params.gains()[:, None, None, :]
     cover = covered[..., None].to(color.dtype)
     shaded = backend.antialias(torch.cat([color * cover, cover], dim=-1), rast, pos, tri)
@@ -417,7 +438,7 @@ def joint_loss(
 
 def _optimise(
     problem: Problem, name: str, iterations: int, loss_fn, opt: Adam, params: Params,
-    hooks: Hooks, progress: tuple[float, float],
+    hooks: Hooks, progress: tuple[float, float], deadline: float = math.inf,
 ) -> int:
     """The loop every stage shares: cancellation and progress every `check_every` iterations,
     divergence/convergence monitoring, Adam step. Returns iterations."""
@@ -434,9 +455,12 @@ def _optimise(
         loss = loss_fn()
         if monitor.update(iteration, float(loss.detach())):
             break
+        if time.perf_counter() > deadline:
+            problem.stats.setdefault("stopped_by_time_budget", []).append(name)
+            break
         loss.backward()
         opt.step()
-    monitor.require_improvement()
+    monitor.require_improvement(iteration)
     problem.stats.setdefault("stages", []).append(
         {"stage": name, "iterations": iteration, "loss_start": monitor.first,
          "loss_end": monitor.previous if monitor.previous is not None else monitor.first}
@@ -446,6 +470,7 @@ def _optimise(
 
 def _joint_stage(
     problem: Problem, long_side: int, params: Params, hooks: Hooks, progress: tuple[float, float],
+    deadline: float = math.inf,
 ) -> int:
     """Optimise offsets, texture (and gains) at one resolution of the coarse-to-fine schedule."""
     s = problem.settings
@@ -455,12 +480,27 @@ def _joint_stage(
               {"params": [params.offsets], "lr": s.lr_offset}]
     if s.optimise_gains:
         groups.append({"params": [params.log_gain], "lr": s.lr_gain})
-    return _optimise(problem, f"joint@{size[1]}x{size[0]}", s.joint_iterations,
-                     lambda: joint_loss(problem, targets, params), Adam(groups), params, hooks,
-                     progress)
+    name = f"joint@{size[1]}x{size[0]}"
+    terms: dict[str, float] = {}
+    first: dict[str, float] = {}
+
+    def loss() -> torch.Tensor:
+        value = joint_loss(problem, targets, params, terms)
+        first.update({} if first else terms)
+        return value
+
+    done = _optimise(problem, name, s.joint_iterations, loss, Adam(groups), params, hooks, progress,
+                     deadline)
+    problem.stats.setdefault("terms", {})[name] = {
+        k: [round(first[k], 5), round(terms[k], 5)] for k in terms
+    }
+    return done
 
 
-def _texture_stage(problem: Problem, params: Params, hooks: Hooks, progress: tuple[float, float]) -> int:
+def _texture_stage(
+    problem: Problem, params: Params, hooks: Hooks, progress: tuple[float, float],
+    deadline: float = math.inf,
+) -> int:
     """Refine only the texture at (up to) the input resolution; the geometry is final, so the
     rasterisation and uv lookup are computed once."""
     s = problem.settings
@@ -474,19 +514,21 @@ def _texture_stage(problem: Problem, params: Params, hooks: Hooks, progress: tup
         uv = backend.interpolate(problem.uv, rast, tri)
         gain = params.gains()[:, None, None, :]
         inside = (targets.mask > 0.999) & covered
+        base = backend.texture(params.base, uv, filter_mode=s.filter_mode)
 
     def render() -> torch.Tensor:
-        return backend.texture(params.texture(), uv, filter_mode=s.filter_mode) * gain
+        return params.sample(backend, uv, s.filter_mode, base) * gain
 
     def input_psnr() -> float:
         with torch.no_grad():
             return psnr(float(masked_mean((render() - targets.color).pow(2), inside)))
 
     problem.stats["input_psnr_start"] = input_psnr()
+    w_ssim = s.w_ssim if s.ssim_in_texture_stage else 0.0
     opt = Adam([{"params": [params.residual], "lr": s.lr_texture}])
     done = _optimise(problem, f"texture@{size[1]}x{size[0]}", s.texture_iterations,
-                     lambda: _photometric(render(), targets, covered, s.w_ssim), opt, params,
-                     hooks, progress)
+                     lambda: _photometric(render(), targets, covered, w_ssim), opt, params,
+                     hooks, progress, deadline)
     problem.stats["input_psnr_end"] = input_psnr()
     return done
 
@@ -517,10 +559,15 @@ def refine(
         problem, params = prepare(mesh, inputs, calibration, backend, settings)
         stages = len(settings.joint_resolutions) + (1 if settings.texture_iterations > 0 else 0)
         total = 0
+        budget = settings.time_budget_s or math.inf
+        joints = len(settings.joint_resolutions)
         for i, long_side in enumerate(settings.joint_resolutions):
-            total += _joint_stage(problem, long_side, params, hooks, (i / stages, (i + 1) / stages))
+            deadline = started + budget * 0.6 * (i + 1) / max(joints, 1)
+            total += _joint_stage(problem, long_side, params, hooks,
+                                  (i / stages, (i + 1) / stages), deadline)
         if settings.texture_iterations > 0:
-            total += _texture_stage(problem, params, hooks, ((stages - 1) / stages, 1.0))
+            total += _texture_stage(problem, params, hooks, ((stages - 1) / stages, 1.0),
+                                    started + budget)
         hooks.progress(1.0, "nvdiffrec done")
         with torch.no_grad():
             vertices = params.welded(problem)[problem.weld].cpu().numpy().astype(np.float32)
