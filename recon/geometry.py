@@ -150,7 +150,14 @@ def _nearest(img: np.ndarray, px: np.ndarray, py: np.ndarray, outside: np.float3
 
 
 class _DepthCells:
-    """Per 2x2 cell of a depth map: the nearest valid depth and whether bilinear is safe."""
+    """Per 2x2 cell of a depth map: the nearest valid depth, whether bilinear is safe, and how
+    far the surface may be in front of the sampled value.
+
+    That slack is why silhouettes survive depth carving: a depth map is only known to half a
+    quantisation step and, on steep cells (surfaces seen at grazing angles, i.e. exactly the
+    other views' silhouette rims), to half the cell's depth range. Carving only beyond it keeps
+    one view's depth error from eating another view's silhouette.
+    """
 
     def __init__(self, depth: np.ndarray, step: float) -> None:
         inf = np.float32(np.inf)
@@ -160,12 +167,17 @@ class _DepthCells:
         nearest = np.minimum.reduce([np.where(v, q, inf) for q, v in zip(quad, valid)])
         farthest = np.maximum.reduce(quad)
         smooth = np.logical_and.reduce(valid) & (farthest - nearest < step)
+        values = np.unique(depth[depth > 0])
+        quantum = float(np.median(np.diff(values))) if values.size > 2 else 0.0
+        slack = 0.5 * quantum + 0.5 * np.where(smooth, farthest - nearest, 0.0)
         self.depth = depth
         self.nearest = np.where(np.isfinite(nearest), nearest, np.nan).astype(np.float32)
         self.smooth = smooth
+        self.slack = slack.astype(np.float32)
 
     def sample(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-        """Observed metric depth at pixel coordinates; NaN where the view saw no surface.
+        """Observed metric depth minus its slack at pixel coordinates; NaN where the view saw
+        no surface.
 
         Bilinear where the four neighbours are valid and close together; at depth edges (object
         boundary, occlusion steps) the nearest of the valid neighbours, which carves the least.
@@ -179,6 +191,7 @@ class _DepthCells:
         cell = y0 * w + x0
         bil = ndimage.map_coordinates(self.depth, [y, x], order=1, mode="nearest", prefilter=False)
         out = np.where(self.smooth.reshape(-1)[cell], bil, self.nearest.reshape(-1)[cell])
+        out -= self.slack.reshape(-1)[cell]
         out[~inb] = np.nan
         return out
 
