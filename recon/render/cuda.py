@@ -138,6 +138,8 @@ class NvdiffrastBackend(RenderBackend):
     def rasterize(
         self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]
     ) -> torch.Tensor:
+        if pos.dim() == 2:  # the interface's [B,V,4]; a single view may come without B
+            pos = pos[None]
         rast, _ = self._dr.rasterize(
             self._ctx, pos.contiguous(), tri.contiguous(), (int(resolution[0]), int(resolution[1])),
             grad_db=False,
@@ -147,13 +149,19 @@ class NvdiffrastBackend(RenderBackend):
     def interpolate(
         self, attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor
     ) -> torch.Tensor:
+        """[V,C] attributes are shared by every image of the batch: passed as [1,V,C], which
+        nvdiffrast broadcasts in instanced mode (a 2D attr would select its range mode)."""
+        if attr.dim() == 2:
+            attr = attr[None]
         out, _ = self._dr.interpolate(attr.contiguous(), rast, tri.contiguous())
         return out
 
     def texture(
-        self, tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear"
+        self, tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
+        boundary_mode: str = "clamp",
     ) -> torch.Tensor:
-        """Bilinear, or trilinear over a mip pyramid when `filter_mode` names mipmaps.
+        """Bilinear, or trilinear over a mip pyramid when `filter_mode` names mipmaps; 'clamp' at
+        the borders by default like the CPU backend ('wrap' is nvdiffrast's own default).
 
         Mip levels come from `_mip_level` because the interface carries no uv derivatives.
         """
@@ -161,9 +169,9 @@ class NvdiffrastBackend(RenderBackend):
         if "mipmap" in filter_mode:
             level = _mip_level(uv, (tex.shape[-3], tex.shape[-2]))
             return self._dr.texture(
-                tex, uv, mip_level_bias=level, filter_mode=filter_mode, boundary_mode="clamp"
+                tex, uv, mip_level_bias=level, filter_mode=filter_mode, boundary_mode=boundary_mode
             )
-        return self._dr.texture(tex, uv, filter_mode=filter_mode, boundary_mode="clamp")
+        return self._dr.texture(tex, uv, filter_mode=filter_mode, boundary_mode=boundary_mode)
 
     def antialias(
         self, color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor
