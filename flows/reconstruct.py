@@ -12,7 +12,8 @@ Outcomes, all visible to the API through the flow-run state and the job record:
 
 `reprocess=True` (used by the reprocess flow) reruns a finished job: the old results and record
 stay untouched until the new results are complete, then they are swapped in; a failing
-reprocess leaves the job as it was.
+reprocess leaves the job as it was. The job keeps pointing at its original flow run (status
+stays `completed` throughout); reruns carry the tags `job:{job_id}` and `reprocess`.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         current = None
         published = publish_results(run, run_key)
         files = {m: sorted(p.name for p in (run.workdir / "outputs" / m).iterdir()) for m in published}
-        update_record(store, job_id, lambda r: _mark_completed(r, run_key, models, files, settings.retention_hours))
+        update_record(store, job_id, lambda r: _mark_completed(r, models, files, settings.retention_hours))
         run.progress.finished()
         summary = {m: quality_summary(q) for m, q in qualities.items()}
         logger.info("job %s completed: %s", job_id, summary)
@@ -153,10 +154,11 @@ def _mark_started(record: JobRecord, run_key: str, models: list[str]) -> None:
         record.result(model).status = "running" if model == models[0] else "pending"
 
 
-def _mark_completed(record: JobRecord, run_key: str, models: list[str], files: dict[str, list[str]],
-                    retention_hours: float) -> None:
+def _mark_completed(record: JobRecord, models: list[str], files: dict[str, list[str]], retention_hours: float) -> None:
+    """Results, versions and retention of a completed run. A reprocess run leaves flow_run_id on
+    the job's own (completed) run: switching it would show the job as processing for the moment
+    between this write and the rerun's Completed state; reruns are found by their tags."""
     now = utcnow()
-    record.flow_run_id = run_key  # a reprocess run becomes the job's run once its results are in
     record.error = None
     record.results_deleted_at = None
     record.expires_at = now + timedelta(hours=retention_hours)

@@ -183,7 +183,7 @@ def test_reprocess_reruns_old_version_keeping_results(api: httpx.Client, stack_a
     assert state.is_completed(), state
     assert checked_while_running
     record = load_record(stack_api.store, job_id)
-    assert record.flow_run_id == rerun_id != old_run_id
+    assert record.flow_run_id == old_run_id != rerun_id  # the job's status never left `completed`
     assert record.engine_versions["fusion"] == get_engine("fusion").version
     assert api.get(f"/jobs/{job_id}").json()["status"] == "completed"
     assert api.get(f"/jobs/{job_id}/download").status_code == 200
