@@ -43,6 +43,7 @@ MAX_FINALISTS = 4  # groups of shape-equivalent variants that get a fov search
 FOV_RANGE = (15.0, 90.0)
 SEARCH_REACH = 1.6  # rays are searched this many frame half-sizes either side of the origin
 HULL_PULL = 0.005  # weight of "metric depth is farther than the hull" (normal, so weak)
+WEAK_VIEW_PULL = 0.05  # the same for views with few cross-view correspondences
 
 
 @dataclass
@@ -399,15 +400,19 @@ def joint_depth_fit(samples: list[_Samples], cams: list[Camera], depth_raw: list
         valid = raw_j > 0
         g0 = float(np.median(g[valid])) + 1e-6 if valid.any() else 1.0
         steep.append(1.0 / (1.0 + (g / g0) ** 4))
-    pair_res: list[np.ndarray] = []
+    pair_res: list[np.ndarray] = [np.zeros(0) for _ in range(n)]
     for it in range(iterations):
-        rows, rhs, wts, kinds = [], [], [], []
+        rows, rhs, wts = [], [], []
+        # a view that shares little surface with its neighbours (e.g. a flat base seen only
+        # from below) leans more on the hull, which is tight on such surfaces
+        pulls = [HULL_PULL if it == 0 or pair_res[k].size >= 0.5 * samples[k].raw.size
+                 else WEAK_VIEW_PULL for k in range(n)]
         pair_res = [np.zeros(0) for _ in range(n)]
         for k, smp in enumerate(samples):
             depth = x[2 * k] * smp.raw + x[2 * k + 1]
             e = depth - smp.hull
             scale_h = 0.01 * span
-            w = np.where(e < 0, 1.0, HULL_PULL) / (1.0 + (np.abs(e) / (3 * scale_h)) ** 2) ** 0.5
+            w = np.where(e < 0, 1.0, pulls[k]) / (1.0 + (np.abs(e) / (3 * scale_h)) ** 2) ** 0.5
             a = np.zeros((smp.raw.size, 2 * n))
             a[:, 2 * k], a[:, 2 * k + 1] = smp.raw, 1.0
             rows.append(a), rhs.append(smp.hull), wts.append(w)
