@@ -77,6 +77,10 @@ class NvdiffrecSettings:
     # gets the rest; a stage that reaches its share stops as if converged.
     time_budget_s: float = 120.0
     ssim_in_texture_stage: bool = False  # SSIM at the input resolution is costly on CPU
+    # Samples per pixel along each axis in the texture stage, box-filtered like an antialiased
+    # camera: fitting one sample per pixel overfits the texture to pixel centres (measured: engine
+    # PSNR 44 dB at the inputs, 32 dB in quality.json's supersampled renders).
+    supersample: int = 2
     tolerance: float = 0.002  # stop a stage when a window improves the loss by less than this
     divergence_factor: float = 3.0  # the loss rising above this multiple of its start is failure
     seed: int = 0
@@ -506,18 +510,21 @@ def _texture_stage(
     s = problem.settings
     targets = targets_at(problem, s.texture_resolution)
     size = (targets.height, targets.width)
+    k = max(1, s.supersample)
     backend, tri = problem.backend, problem.tri
     with torch.no_grad():
         verts = params.welded(problem)[problem.weld]
-        rast = backend.rasterize(_clip(problem.calibration.cameras, verts), tri, size)
-        covered = rast[..., 3] > 0
+        rast = backend.rasterize(_clip(problem.calibration.cameras, verts), tri, (k * size[0], k * size[1]))
+        hit = (rast[..., 3] > 0).to(torch.float32)
+        covered = F.avg_pool2d(hit[:, None], k)[:, 0] > 0.999
         uv = backend.interpolate(problem.uv, rast, tri)
         gain = params.gains()[:, None, None, :]
         inside = (targets.mask > 0.999) & covered
         base = backend.texture(params.base, uv, filter_mode=s.filter_mode)
 
     def render() -> torch.Tensor:
-        return params.sample(backend, uv, s.filter_mode, base) * gain
+        fine = params.sample(backend, uv, s.filter_mode, base) * gain
+        return F.avg_pool2d(fine.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1) if k > 1 else fine
 
     def input_psnr() -> float:
         with torch.no_grad():
