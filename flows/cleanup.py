@@ -22,7 +22,7 @@ from prefect.exceptions import ObjectNotFound
 from jobs.record import JobRecord, is_job_id, load_record, update_record, utcnow
 from jobs.settings import get_settings
 from jobs.storage import get_store
-from tasks.results import STAGING, delete_job_files
+from jobs.record import STAGING, delete_job_files, staging_prefix
 
 WORK_DIR_MAX_AGE_S = 24 * 3600
 
@@ -74,7 +74,7 @@ def cleanup() -> dict[str, Any]:
     with get_client(sync_client=True) as client:
         for job_id, run_key in {tuple(i.key.split("/")[2:4]) for i in store.list(f"{STAGING}/")}:
             if not _run_is_active(client, run_key):
-                store.delete_prefix(f"{STAGING}/{job_id}/{run_key}/")
+                store.delete_prefix(staging_prefix(job_id, run_key))
                 counts["staging-removed"] = counts.get("staging-removed", 0) + 1
 
     work = settings.data_dir / "work"

@@ -44,7 +44,8 @@ from tasks.inference import inference
 from tasks.load_weights import load_weights
 from tasks.metrics import metrics, quality_summary
 from tasks.progress import JobProgress
-from tasks.results import delete_job_files, publish_results, stage_outputs, staging_prefix
+from jobs.record import delete_job_files, staging_prefix
+from tasks.results import publish_results, stage_outputs
 from tasks.validate import validate
 
 log = logging.getLogger(__name__)

@@ -67,6 +67,21 @@ def output_prefix(job_id: str, model: str | None = None) -> str:
     return f"outputs/{job_id}/{model}/" if model else f"outputs/{job_id}/"
 
 
+# Results of a run are written here first and published only when every model is complete.
+STAGING = "outputs/.staging"
+
+
+def staging_prefix(job_id: str, run_key: str | None = None) -> str:
+    return f"{STAGING}/{job_id}/{run_key}/" if run_key else f"{STAGING}/{job_id}/"
+
+
+def delete_job_files(store: ObjectStore, job_id: str) -> int:
+    """Inputs, results and staged results of a job; the record stays, so the API can still say
+    what happened (410 on download). Idempotent; returns how many objects were deleted."""
+    prefixes = (input_prefix(job_id), output_prefix(job_id), staging_prefix(job_id))
+    return sum(store.delete_prefix(p) for p in prefixes)
+
+
 def output_key(job_id: str, model: str, filename: str) -> str:
     return f"{output_prefix(job_id, model)}{filename}"
 

@@ -13,17 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from jobs.errors import ServiceError
-from jobs.record import input_prefix, output_prefix
+from jobs.record import output_prefix, staging_prefix
 from jobs.storage import ObjectStore
 from tasks.context import JobRun, stage_task
 from tasks.failures import failing_as
-
-STAGING = "outputs/.staging"
-
-
-def staging_prefix(job_id: str, run_key: str) -> str:
-    return f"{STAGING}/{job_id}/{run_key}/"
-
 
 def missing_outputs(folder: Path) -> list[str]:
     from recon.pipeline import OUTPUT_FILES  # lazy: see tasks/validate.py
@@ -61,12 +54,6 @@ def publish(store: ObjectStore, job_id: str, run_key: str) -> list[str]:
                 store.delete(old.key)
     store.delete_prefix(staged)
     return models
-
-
-def delete_job_files(store: ObjectStore, job_id: str) -> int:
-    """Inputs, results and staged results of a job (the job record stays, so the API can still
-    say what happened). Idempotent."""
-    return sum(store.delete_prefix(p) for p in (input_prefix(job_id), output_prefix(job_id), f"{STAGING}/{job_id}/"))
 
 
 @stage_task("stage_outputs")

@@ -17,7 +17,8 @@ from recon.pipeline import OUTPUT_FILES
 from tasks.context import stage_task
 from tasks.failures import failing_as, is_transient
 from tasks.progress import JobProgress
-from tasks.results import delete_job_files, publish, stage_model, staging_prefix
+from jobs.record import delete_job_files, staging_prefix
+from tasks.results import publish, stage_model
 
 
 def write_outputs(folder: Path, marker: str, skip: tuple[str, ...] = ()) -> None:

@@ -28,7 +28,7 @@ from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, CancelRequest, CancelResponse
 from jobs.errors import ServiceError
 from jobs.orchestration import request_cancellation
-from jobs.record import JobRecord, input_prefix, output_prefix, update_record, utcnow
+from jobs.record import JobRecord, delete_job_files, update_record, utcnow
 from jobs.storage import ObjectStore
 
 router = APIRouter(tags=["jobs"])
@@ -53,10 +53,9 @@ async def _confirm_flag(request: Request) -> bool:
                            {"fields": {"confirm": str(exc).splitlines()[0]}}) from None
 
 
-def delete_job_files(store: ObjectStore, job_id: str) -> None:
-    """Inputs and outputs of a cancelled job; the record stays (status and 410 on download)."""
-    store.delete_prefix(input_prefix(job_id))
-    store.delete_prefix(output_prefix(job_id))
+def discard_cancelled_job(store: ObjectStore, job_id: str) -> None:
+    """Delete a cancelled job's files and mark its record (status and 410 on download)."""
+    delete_job_files(store, job_id)
 
     def mark(record: JobRecord) -> None:
         record.cancelled_at = record.cancelled_at or utcnow()
@@ -98,7 +97,7 @@ async def cancel_job(job_id: str, request: Request, ctx: ApiContext = Depends(ge
                             {"job_id": job_id, "current_state": view.spec_state}, status=400)
         new_state = await request_cancellation(ctx.prefect, flow_run_id)
         if new_state == StateType.CANCELLED:  # never started: nothing else will clean up
-            await ctx.io(delete_job_files, ctx.store, job_id)
+            await ctx.io(discard_cancelled_job, ctx.store, job_id)
         elif new_state == StateType.CANCELLING:
             await ctx.io(update_record, ctx.store, job_id, lambda r: setattr(r, "cancelled_at", utcnow()))
         else:  # the run finished between our read and the proposal
