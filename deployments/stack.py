@@ -125,7 +125,8 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: P
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: ManagedProcess | None = None) -> None:
-    """Poll `check` until it is true; fail early (with the log) if `proc` dies."""
+    """Poll `check` until it is true; fail early (with the log) if `proc` dies, and stop `proc`
+    on a time-out so that a half-started service is never left behind."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
@@ -136,7 +137,10 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Manag
         except (httpx.HTTPError, OSError):
             pass
         time.sleep(0.3)
-    tail = proc.log_tail() if proc else ""
+    tail = ""
+    if proc is not None:
+        tail = proc.log_tail()
+        proc.stop()
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
@@ -144,7 +148,7 @@ def http_ok(url: str) -> bool:
     return httpx.get(url, timeout=2.0).status_code == 200
 
 
-def start_prefect_server(home: Path, port: int, log_dir: Path, ui: bool = True, timeout: float = 90.0) -> tuple[ManagedProcess, str]:
+def start_prefect_server(home: Path, port: int, log_dir: Path, ui: bool = True, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
     """`prefect server start` on SQLite under `home`; returns the process and its API URL once
     /api/health answers (about 13 s on 2 cores)."""
     home.mkdir(parents=True, exist_ok=True)
