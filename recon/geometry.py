@@ -153,10 +153,11 @@ class _DepthCells:
     """Per 2x2 cell of a depth map: the nearest valid depth, whether bilinear is safe, and how
     far the surface may be in front of the sampled value.
 
-    That slack is why silhouettes survive depth carving: a depth map is only known to half a
-    quantisation step and, on steep cells (surfaces seen at grazing angles, i.e. exactly the
-    other views' silhouette rims), to half the cell's depth range. Carving only beyond it keeps
-    one view's depth error from eating another view's silhouette.
+    That slack is half a quantisation step (8-bit depths round to it): carving only beyond it
+    keeps one view's rounding from eating another view's silhouette rim (fish mask IoU
+    0.977-0.988 -> 0.983-0.992). Measured: adding half of each cell's depth range as well (for
+    grazing cells) helped thin shapes a little more but made spot's surfaces too fat for its
+    texture (input PSNR 31.4 -> 30.1 dB, vs 30.9 with rounding only).
     """
 
     def __init__(self, depth: np.ndarray, step: float) -> None:
@@ -169,7 +170,7 @@ class _DepthCells:
         smooth = np.logical_and.reduce(valid) & (farthest - nearest < step)
         values = np.unique(depth[depth > 0])
         quantum = float(np.median(np.diff(values))) if values.size > 2 else 0.0
-        slack = 0.5 * quantum + 0.5 * np.where(smooth, farthest - nearest, 0.0)
+        slack = np.full(depth.shape, 0.5 * quantum)
         self.depth = depth
         self.nearest = np.where(np.isfinite(nearest), nearest, np.nan).astype(np.float32)
         self.smooth = smooth
