@@ -176,7 +176,7 @@ class ReconViaGenEngine:
         generate_s = time.perf_counter() - started
         hooks.progress(0.5, "aligning and re-texturing")
         mesh = finish_generated_mesh(vertices, faces, inputs, calibration, vertex_colors=vertex_colors,
-                                     backend=get_backend(self._device.partition(":")[0]),
+                                     backend=get_backend(self._device),
                                      hooks=hooks.sub(0.5, 1.0))
         mesh.info["engine"] = {"name": self.name, "version": self.version, "weights": list(self.weights)}
         mesh.info["timings"]["generate_s"] = round(generate_s, 3)

@@ -19,18 +19,19 @@ def _cuda_available() -> bool:
 
 
 def get_backend(device: str = "auto") -> RenderBackend:
-    """The backend for `device`: "cpu", "cuda" (nvdiffrast; raises if it cannot load), or "auto"
-    (cuda when torch sees a GPU, else cpu). Instances are cached: building one is not free on CUDA.
+    """The backend for `device`: "cpu", "cuda" or "cuda:N" (nvdiffrast; raises if it cannot load),
+    or "auto" (cuda when torch sees a GPU, else cpu). Instances are cached per device: building one
+    is not free on CUDA. Multi-GPU workers pass "cuda:N" for the GPU their run was given.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown render device {device!r} (auto, cpu or cuda)")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown render device {device!r} (auto, cpu, cuda or cuda:N)")
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
     if device not in _BACKENDS:
-        if device == "cuda":
+        if device.startswith("cuda"):
             from recon.render.cuda import NvdiffrastBackend
 
-            _BACKENDS[device] = NvdiffrastBackend()
+            _BACKENDS[device] = NvdiffrastBackend(device=device)
         else:
             from recon.render.cpu import CpuBackend
 
