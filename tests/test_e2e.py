@@ -233,10 +233,13 @@ def test_interrupted_job_is_requeued_resumes_and_two_step_cancel_deletes_its_fil
     running = [r["id"] for r in _flow_runs_in(prefect_stack.api_url, "gpu", ACTIVE_STATES)]
     assert run_id in running
     prefect_stack.worker.stop()
-    stack.end_flow_run_processes(running)
-    assert requeue(prefect_stack.api_url, running) == len(running)
-    assert api.get(f"/jobs/{job_id}").json()["status"] == "queued"
-    prefect_stack.restart_worker()
+    try:
+        stack.end_flow_run_processes(running)
+        assert requeue(prefect_stack.api_url, running) == len(running)
+        # the API caches a job's view for up to a second (api/job_view.py), so poll briefly
+        wait_for(api, job_id, {"queued"}, timeout=10)
+    finally:
+        prefect_stack.restart_worker()  # a failure here must not leave later tests without a worker
     wait_running(api, stack_api, job_id, min_progress=10)  # resumed from the start by the new worker
     assert str(flow_run(stack_api, job_id).id) == run_id
 
@@ -259,6 +262,10 @@ def test_interrupted_job_is_requeued_resumes_and_two_step_cancel_deletes_its_fil
     assert not stack_api.store.list(f"outputs/{job_id}/")
     assert not stack_api.store.list(f"outputs/.staging/{job_id}/")
     assert api.get(f"/jobs/{job_id}/download").status_code in (410, 404)
+    # the run reports Cancelled from inside its process, which then exits
+    exit_deadline = time.monotonic() + 30
+    while stack.flow_run_pids(run_id) and time.monotonic() < exit_deadline:
+        time.sleep(0.5)
     assert not stack.flow_run_pids(run_id), "the cancelled run's process is gone"
 
 
