@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recon.calibrate import calibrate, fit_affine
+from recon.calibrate import calibrate, fit_interval
 from recon.decode import decode_inputs
 from recon.errors import Cancelled
 from recon.hooks import Hooks
@@ -33,6 +33,13 @@ def _inputs(case: Path, transforms: Path | None = None):
                          transforms_path=transforms)
 
 
+def _assert_depth_scales(cal, truth: dict, rel: float) -> None:
+    """Metric depths in the rig's frame: the truth's encoding scaled by the frame's scale."""
+    k = camera_distance(cal.fov_deg) / truth["distance"]
+    for fit, view in zip(cal.depth_fit, truth["views"]):
+        assert fit["scale"] == pytest.approx(view["depth_encoding"]["scale"] * k, rel=rel), view["slot"]
+
+
 def test_recovers_swapped_sides_flipped_top_and_fov(spot_case: tuple[Path, dict]) -> None:
     case, truth = spot_case
     seen: list[float] = []
@@ -40,16 +47,25 @@ def test_recovers_swapped_sides_flipped_top_and_fov(spot_case: tuple[Path, dict]
     assert cal.variant == VARIANT
     assert abs(cal.fov_deg - FOV) < 2.0
     assert seen and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
-    # metric depths in the rig's frame: the truth's encoding scaled by the frame's scale
-    k = camera_distance(cal.fov_deg) / truth["distance"]
-    for fit, view in zip(cal.depth_fit, truth["views"]):
-        assert fit["scale"] == pytest.approx(view["depth_encoding"]["scale"] * k, rel=0.05)
+    _assert_depth_scales(cal, truth, rel=0.05)
     assert [c.slot for c in cal.cameras] == list(SLOTS)
     assert cal.cameras[0].width == 256 and cal.depth_cameras[0].width == 128
     assert cal.depths[0].shape == (128, 128) and cal.depths[0].dtype == np.float32
     cams = cal.to_json()
     assert cams["variant_name"] == VARIANT.name and len(cams["cameras"]) == 6
     json.dumps(cams)  # cameras.json must be plain JSON
+
+
+def test_cup_top_view_depth_is_fitted_although_only_it_sees_the_cavity(tmp_path: Path) -> None:
+    """The top view sees mostly the cup's inside, which no other view sees and the hull does not
+    bound: its scale comes from the rim and the handle, which the hull pins. Session 1's fit
+    took the wrong sign here (scale +0.07 for -0.86), so the cavity was not carved."""
+    truth = render_case(load_test_mesh("cup"), tmp_path, fov_deg=54.0, view_res=256, depth_res=128,
+                        variant=RigVariant(flip_bottom=True), novel_views=0, seed=3)
+    cal = calibrate(_inputs(tmp_path))
+    assert cal.variant == RigVariant(flip_bottom=True)
+    assert abs(cal.fov_deg - 54.0) < 1.0
+    _assert_depth_scales(cal, truth, rel=0.05)
 
 
 def test_known_cameras_skip_the_search(spot_case: tuple[Path, dict], tmp_path: Path) -> None:
@@ -73,10 +89,19 @@ def test_cancellation(spot_case: tuple[Path, dict]) -> None:
         calibrate(_inputs(spot_case[0]), Hooks(should_cancel=lambda: True))
 
 
-def test_affine_fit_is_robust_and_sign_free() -> None:
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_interval_fit_uses_the_pixels_the_hull_pins(sign: int) -> None:
+    """Like a cup's top view: most pixels see a cavity far behind a flat hull entry; a rim and a
+    handle lie on the hull. A fit to the entry alone would come out flat (scale ~0)."""
     rng = np.random.default_rng(0)
-    raw = rng.uniform(0.1, 1.0, 2000)
-    target = -2.0 * raw + 3.0
-    target[:300] -= rng.uniform(0.1, 0.5, 300)  # the hull is nearer than the surface in concavities
-    fit = fit_affine(raw, target)
-    assert fit["scale"] == pytest.approx(-2.0, rel=0.01) and fit["offset"] == pytest.approx(3.0, abs=0.01)
+    true_scale, true_offset = 0.9 * sign, 2.0 - (0.9 * sign) * 0.5
+    raw = np.concatenate([np.full(300, 0.97), rng.uniform(0.65, 0.75, 40), rng.uniform(0.1, 0.9, 1200)])
+    if sign > 0:
+        raw = 1.0 - raw  # bright = far: the rim is the darkest
+    depth = true_scale * raw + true_offset
+    rim_depth = depth[0]
+    entry = np.concatenate([depth[:340], np.full(1200, rim_depth - 0.05)])  # the hull's flat top
+    exit_ = np.full(raw.size, depth.max() + 0.1)
+    fit = fit_interval(raw, entry, exit_, sign, span=float(np.ptp(entry)) + 0.5)
+    assert fit["scale"] == pytest.approx(true_scale, rel=0.03)
+    assert fit["offset"] + fit["scale"] * 0.5 == pytest.approx(true_offset + true_scale * 0.5, abs=0.01)
