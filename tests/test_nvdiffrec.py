@@ -102,7 +102,9 @@ def test_refinement_reduces_loss_and_improves_psnr(case):
     stats = out.info["nvdiffrec"]
     for stage in stats["stages"]:
         assert stage["loss_end"] < stage["loss_start"]
-    assert stats["input_psnr_end"] > stats["input_psnr_start"] + 1.0
+    # the texture stage starts from the re-baked texture and still improves it
+    assert stats["input_psnr_end"] > stats["input_psnr_start"] + 0.3
+    assert stats["rebake_s"] > 0
     before, after = _input_psnr(start, inputs, calib), _input_psnr(out, inputs, calib)
     assert after > before + 1.0, (before, after)
     assert out.vertices.shape == start.vertices.shape and out.texture.dtype == np.uint8

@@ -84,15 +84,19 @@ def _face_table(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     per-pixel barycentrics stay differentiable; per pixel only a gather and a few products remain.
     """
     corners = pos.double()[tri]  # [F, 3, 4]
-    w = corners[..., 3]
-    x, y, z = (corners[..., k] / w for k in range(3))
-    ex1, ey1 = x[:, 1] - x[:, 0], y[:, 1] - y[:, 0]
-    ex2, ey2 = x[:, 2] - x[:, 0], y[:, 2] - y[:, 0]
+    # unbind, not indexing: one backward node per split instead of one full-size zero-filled
+    # gradient per selected column (that was a third of the joint stage's backward pass).
+    inv_w = 1.0 / corners[..., 3]  # [F, 3]
+    (x0, y0, z0), (x1, y1, z1), (x2, y2, z2) = (
+        c.unbind(1) for c in (corners[..., :3] * inv_w[..., None]).unbind(1)
+    )
+    iw0, iw1, iw2 = inv_w.unbind(1)
+    ex1, ey1 = x1 - x0, y1 - y0
+    ex2, ey2 = x2 - x0, y2 - y0
     det = ex1 * ey2 - ex2 * ey1
     det = torch.where(det.abs() < 1e-300, torch.full_like(det, 1e-300), det)
     return torch.stack(
-        [x[:, 0], y[:, 0], ey2 / det, -ex2 / det, -ey1 / det, ex1 / det,
-         1.0 / w[:, 0], 1.0 / w[:, 1], 1.0 / w[:, 2], z[:, 0], z[:, 1], z[:, 2]],
+        [x0, y0, ey2 / det, -ex2 / det, -ey1 / det, ex1 / det, iw0, iw1, iw2, z0, z1, z2],
         dim=1,
     )
 
@@ -109,10 +113,10 @@ def _rast_from_hits(
     pix_t = torch.from_numpy(np.ascontiguousarray(pix, dtype=np.int64))
     xs, ys = _pixel_centres_ndc(height, width)
     table = _face_table(pos, tri).T.contiguous().index_select(1, face)  # [12, N]
-    x0, y0 = table[0], table[1]
+    x0, y0 = table[:2].unbind(0)
     dx = (torch.from_numpy(xs.astype(np.float64))[pix_t % width] - x0).float()
     dy = (torch.from_numpy(ys.astype(np.float64))[pix_t // width] - y0).float()
-    a1, b1, a2, b2, iw0, iw1, iw2, z0, z1, z2 = table[2:].float()
+    a1, b1, a2, b2, iw0, iw1, iw2, z0, z1, z2 = table[2:].float().unbind(0)
     s1 = a1 * dx + b1 * dy
     s2 = a2 * dx + b2 * dy
     s0 = 1.0 - s1 - s2
