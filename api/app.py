@@ -51,8 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _require_prefect_api()
         store = await anyio.to_thread.run_sync(get_store, settings)  # S3: creates the buckets
         async with get_client() as client:
-            app.state.context = ApiContext(settings=settings, store=store, prefect=client)
-            yield
+            context = ApiContext(settings=settings, store=store, prefect=client)
+            app.state.context = context
+            context.views.start()
+            try:
+                yield
+            finally:
+                await context.views.stop()
 
     app = FastAPI(title="3D reconstruction API", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings

@@ -1,5 +1,6 @@
-"""What every route needs, created once per app in the lifespan: settings, the object store and
-one Prefect client (a pooled HTTP connection to the Prefect API).
+"""What every route needs, created once per app in the lifespan: settings, the object store,
+one Prefect client (a pooled HTTP connection to the Prefect API) and the job watcher that
+answers status polls from memory (api/job_watch.py).
 
 The object store is synchronous (filesystem or the minio client); routes call it through
 `ApiContext.io()` so that storage latency never blocks the event loop.
@@ -20,7 +21,7 @@ from jobs.storage import ObjectStore
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
-    from api.job_view import JobViewCache
+    from api.job_watch import JobWatcher
 
 T = TypeVar("T")
 
@@ -30,12 +31,12 @@ class ApiContext:
     settings: Settings
     store: ObjectStore
     prefect: "PrefectClient"
-    views: "JobViewCache" = field(init=False)
+    views: "JobWatcher" = field(init=False)
 
     def __post_init__(self) -> None:
-        from api.job_view import JobViewCache
+        from api.job_watch import JobWatcher
 
-        self.views = JobViewCache(self)
+        self.views = JobWatcher(self)
 
     async def io(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking storage call in the thread pool."""

@@ -1,18 +1,13 @@
 """A job as the API reports it: the job record (object store) + its flow run's state + the
-progress artifacts, combined per DESIGN.md §4. Status, cancel and download all start from here.
-
-GET /jobs/{id} is polled by many clients at once, and each view costs one storage read and two
-Prefect API requests. `JobViewCache` therefore keeps a view for `STATUS_CACHE_SECONDS` and lets
-concurrent requests for the same job share one lookup (single flight); a state change is visible
-within that second, far below the spec's polling interval of 5 s or more.
+progress artifacts, combined per DESIGN.md §4. Status, cancel and download all start from here;
+api/job_watch.py decides when the parts are read (GET /jobs/{id} is answered from memory).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from functools import partial
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -22,19 +17,14 @@ from jobs.orchestration import (
     JobProgress,
     JobStatus,
     ModelRow,
-    find_flow_run,
     job_status,
-    read_job_progress,
     state_label,
 )
-from jobs.record import JobRecord, load_record
+from jobs.record import JobRecord
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
-    from api.context import ApiContext
-
-STATUS_CACHE_SECONDS = 1.0
 _ROW_STATUS = {"pending": "queued", "running": "processing"}  # table row words -> job words
 
 
@@ -73,6 +63,11 @@ class JobView:
         if len(self.record.models) > 1:
             body["models"] = self.models
         return body
+
+    @cached_property
+    def status_json(self) -> bytes:
+        """status_body() encoded once per view: many clients poll the same view."""
+        return json.dumps(self.status_body(), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def aware(value: datetime) -> datetime:
@@ -161,59 +156,6 @@ def build_view(record: JobRecord, run: "FlowRun | None", progress: JobProgress) 
         updated_at=max(aware(t) for t in times),
         error=error, models=_model_rows(record, status, progress, error), state_name=state_label(state),
     )
-
-
-class JobViewCache:
-    """Short-lived, single-flight cache of job views (see module docstring)."""
-
-    def __init__(self, ctx: "ApiContext") -> None:
-        self.ctx = ctx
-        self._views: dict[str, tuple[float, JobView]] = {}
-        self._inflight: dict[str, asyncio.Task[JobView | None]] = {}
-
-    def invalidate(self, job_id: str) -> None:
-        self._views.pop(job_id, None)
-
-    async def get(self, job_id: str, *, fresh: bool = False) -> JobView | None:
-        """The job's view, or None when no record exists. `fresh` bypasses the cache (cancel and
-        download decide on the current state)."""
-        if fresh:
-            return self._remember(job_id, await self._load(job_id))
-        hit = self._views.get(job_id)
-        if hit is not None and time.monotonic() - hit[0] < STATUS_CACHE_SECONDS:
-            return hit[1]
-        task = self._inflight.get(job_id)
-        if task is None:
-            # A task of its own, so that a client hanging up does not cancel the lookup the
-            # other requests for this job are waiting on.
-            task = asyncio.ensure_future(self._load(job_id))
-            self._inflight[job_id] = task
-            task.add_done_callback(partial(self._done, job_id))
-        return await asyncio.shield(task)
-
-    def _done(self, job_id: str, task: "asyncio.Task[JobView | None]") -> None:
-        if self._inflight.get(job_id) is task:
-            del self._inflight[job_id]
-        if not task.cancelled() and task.exception() is None:  # exception(): marks it retrieved
-            self._remember(job_id, task.result())
-
-    def _remember(self, job_id: str, view: JobView | None) -> JobView | None:
-        if view is not None:
-            self._views[job_id] = (time.monotonic(), view)
-            if len(self._views) > 10_000:  # bound memory: drop the oldest half
-                for key in sorted(self._views, key=lambda k: self._views[k][0])[:5_000]:
-                    self._views.pop(key, None)
-        return view
-
-    async def _load(self, job_id: str) -> JobView | None:
-        record = await self.ctx.io(load_record, self.ctx.store, job_id)
-        if record is None:
-            return None
-        run = await find_flow_run(self.ctx.prefect, job_id, record.flow_run_id)
-        status = job_status(run.state if run is not None else None)
-        if run is not None and needs_progress(record, status):
-            return build_view(record, run, await read_job_progress(self.ctx.prefect, job_id))
-        return build_view(record, run, JobProgress())
 
 
 def needs_progress(record: JobRecord, status: JobStatus) -> bool:

@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
     ArtifactCollectionFilter,
     ArtifactCollectionFilterKey,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterTags,
     WorkerFilter,
     WorkerFilterLastHeartbeatTime,
@@ -137,20 +138,47 @@ def _parse_table(data: Any) -> list[ModelRow] | None:
     return None
 
 
+# Prefect's server answers at most PREFECT_API_DEFAULT_LIMIT (200) rows per filter request.
+_PAGE = 200
+
+
 async def read_job_progress(client: "PrefectClient", job_id: str) -> JobProgress:
     """Latest progress and models-table artifacts of a job in one request."""
-    keys = [progress_artifact_key(job_id), models_artifact_key(job_id)]
-    collections = await client.read_latest_artifacts(
-        artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=keys)),
-        limit=len(keys),
-    )
-    result = JobProgress()
-    for c in collections:
-        if c.key == keys[0]:
-            result.progress = clamp_progress(c.data)
-        elif c.key == keys[1]:
-            result.models = _parse_table(c.data)
+    return (await read_jobs_progress(client, [job_id]))[job_id]
+
+
+async def read_jobs_progress(client: "PrefectClient", job_ids: list[str]) -> dict[str, JobProgress]:
+    """Both artifacts of many jobs with one request per 100 jobs (the API's status watcher)."""
+    result = {job_id: JobProgress() for job_id in job_ids}
+    owners = {}
+    for job_id in job_ids:
+        owners[progress_artifact_key(job_id)] = (job_id, "progress")
+        owners[models_artifact_key(job_id)] = (job_id, "models")
+    keys = list(owners)
+    for start in range(0, len(keys), _PAGE):
+        page = keys[start:start + _PAGE]
+        collections = await client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=page)),
+            limit=len(page),
+        )
+        for c in collections:
+            job_id, kind = owners.get(c.key, (None, None))
+            if kind == "progress":
+                result[job_id].progress = clamp_progress(c.data)
+            elif kind == "models":
+                result[job_id].models = _parse_table(c.data)
     return result
+
+
+async def read_flow_runs_by_id(client: "PrefectClient", ids: list[UUID]) -> dict[UUID, "FlowRun"]:
+    """Many flow runs by id with one request per 200 (the API's status watcher); a deleted run
+    is simply missing from the answer."""
+    found: dict[UUID, "FlowRun"] = {}
+    for start in range(0, len(ids), _PAGE):
+        page = ids[start:start + _PAGE]
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page))
+        found.update((run.id, run) for run in runs)
+    return found
 
 
 async def find_flow_run(

@@ -15,7 +15,7 @@ import time
 import warnings
 import zipfile
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -73,14 +73,17 @@ def report_progress(job_id: str, percent: float, rows: list[dict[str, Any]]) -> 
         create_table_artifact(rows, key=models_artifact_key(job_id))
 
 
-def wait_status(api: httpx.Client, job_id: str, expected: str, timeout: float = 10.0) -> dict[str, Any]:
-    """GET /jobs/{id} until it shows `expected` (views are cached for about a second)."""
+def wait_status(api: httpx.Client, job_id: str, expected: str, timeout: float = 10.0,
+                until: Callable[[dict[str, Any]], bool] = lambda body: True) -> dict[str, Any]:
+    """GET /jobs/{id} until it shows `expected` and `until(body)` holds: the API refreshes the
+    views of polled jobs in the background (about a second behind, api/job_watch.py), so it may
+    first show a state between two of the writes a test makes."""
     deadline = time.monotonic() + timeout
     while True:
         response = api.get(f"/jobs/{job_id}")
         assert response.status_code == 200, response.text
         body = response.json()
-        if body["status"] == expected or time.monotonic() > deadline:
+        if (body["status"] == expected and until(body)) or time.monotonic() > deadline:
             assert body["status"] == expected, body
             return body
         time.sleep(0.3)
@@ -167,7 +170,7 @@ def test_processing_progress_and_current_model(api: httpx.Client, api_server: Ap
         {"model": "reconviagen", "status": "completed", "stage": "metrics", "progress": 100},
         {"model": "nvdiffrec", "status": "running", "stage": "inference", "progress": 20},
     ])
-    body = wait_status(api, job_id, "processing")
+    body = wait_status(api, job_id, "processing", until=lambda b: b["current_model"] == "nvdiffrec")
     assert body["progress"] == 45 and body["current_model"] == "nvdiffrec" and body["error"] is None
     assert [(m["model"], m["status"], m["progress"]) for m in body["models"]] == [
         ("reconviagen", "completed", 100), ("nvdiffrec", "processing", 20)]

@@ -236,7 +236,7 @@ def test_interrupted_job_is_requeued_resumes_and_two_step_cancel_deletes_its_fil
     try:
         stack.end_flow_run_processes(running)
         assert requeue(prefect_stack.api_url, running) == len(running)
-        # the API caches a job's view for up to a second (api/job_view.py), so poll briefly
+        # the API refreshes polled jobs' views in the background, about a second behind (api/job_watch.py)
         wait_for(api, job_id, {"queued"}, timeout=10)
     finally:
         prefect_stack.restart_worker()  # a failure here must not leave later tests without a worker

@@ -1,9 +1,9 @@
-"""GET /jobs/{job_id}: the job's status per DESIGN.md §4 (see api.job_view)."""
+"""GET /jobs/{job_id}: the job's status per DESIGN.md §4 (api.job_view), from memory (api.job_watch)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from api.context import ApiContext
 from api.job_view import JobView
@@ -27,8 +27,8 @@ async def require_view(ctx: ApiContext, job_id: str, *, fresh: bool = False) -> 
 
 @router.get("/jobs/{job_id}", response_model=JobStatusResponse, responses=ERROR_RESPONSES,
             summary="Get the current status of a reconstruction job")
-async def job_status(job_id: str, request: Request) -> JSONResponse:
+async def job_status(job_id: str, request: Request) -> Response:
     # The context is read directly rather than through Depends: this is the endpoint every client
     # polls, and FastAPI's dependency resolution is a third of its cost.
     view = await require_view(request.app.state.context, job_id)
-    return JSONResponse(view.status_body())
+    return Response(view.status_json, media_type="application/json")

@@ -101,7 +101,7 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -
         await ctx.io(save_record, ctx.store, record)
     except Exception as exc:  # the run exists and is found by its job tag; the id is an optimisation
         log.warning("request_id=%s job %s: could not store flow_run_id: %s", request_id_of(request), job_id, exc)
-    ctx.views.invalidate(job_id)
+    ctx.views.seed(record, run)
     body = JobSubmitted(job_id=job_id, model_type=model_type, created_at=iso(record.created_at))
     return JSONResponse(body.model_dump())
 
