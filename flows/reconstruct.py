@@ -30,23 +30,14 @@ from prefect.states import Cancelled as CancelledState
 
 from jobs.errors import ServiceError
 from jobs.orchestration import DEFAULT_MODEL_TYPE, MODEL_TYPES, engines_for
-from jobs.record import JobRecord, load_record, update_record, utcnow
+from jobs.record import JobRecord, delete_job_files, load_record, staging_prefix, update_record, utcnow
 from jobs.settings import get_settings
 from jobs.storage import get_store
-from recon.engines import get_engine
 from recon.errors import Cancelled
-from tasks.cancellation import CancelWatch
-from jobs.models import resolve_device
-from tasks.context import JobRun
-from tasks.export import export
-from tasks.failures import stage_error
-from tasks.inference import inference
-from tasks.load_weights import load_weights
-from tasks.metrics import metrics, quality_summary
-from tasks.progress import JobProgress
-from jobs.record import delete_job_files, staging_prefix
-from tasks.results import publish_results, stage_outputs
-from tasks.validate import validate
+
+# The tasks (and through them recon's engines, numpy, trimesh, torch) are imported inside the flow
+# function, not here: the flow-run process imports this module *before* its run turns RUNNING,
+# so everything imported at module level delays that transition (bench/api_load.py measures it).
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +83,18 @@ def discard_cancelled_job(store: Any, job_id: str) -> None:
 @flow(name="reconstruct", flow_run_name="{job_id}", on_cancellation=[_on_cancellation], persist_result=False)
 def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bool = False) -> dict[str, Any]:
     """Reconstruct job `job_id` with the engines of `model_type` (see jobs.orchestration)."""
+    from jobs.models import resolve_device
+    from tasks.cancellation import CancelWatch
+    from tasks.context import JobRun
+    from tasks.export import export
+    from tasks.failures import stage_error
+    from tasks.inference import inference
+    from tasks.load_weights import load_weights
+    from tasks.metrics import metrics, quality_summary
+    from tasks.progress import JobProgress
+    from tasks.results import publish_results, stage_outputs
+    from tasks.validate import validate
+
     logger = get_run_logger()
     settings = get_settings()
     store = get_store(settings)
@@ -159,6 +162,8 @@ def _mark_completed(record: JobRecord, models: list[str], files: dict[str, list[
     """Results, versions and retention of a completed run. A reprocess run leaves flow_run_id on
     the job's own (completed) run: switching it would show the job as processing for the moment
     between this write and the rerun's Completed state; reruns are found by their tags."""
+    from recon.engines import get_engine
+
     now = utcnow()
     record.error = None
     record.results_deleted_at = None
