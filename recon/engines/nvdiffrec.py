@@ -537,10 +537,21 @@ def _texture_stage(
         uv = backend.interpolate(problem.uv, rast, tri)
         gain = params.gains()[:, None, None, :]
         inside = (targets.mask > 0.999) & covered
+        # Without mipmaps a lookup needs only its own uv, so only the samples that hit the mesh
+        # (a third of the frame or less) are looked up: [1,1,N,2]. Mip levels need the image.
+        compact = "mipmap" not in s.filter_mode
+        if compact:
+            shape = (*uv.shape[:3], 3)
+            hits = torch.nonzero(hit.reshape(-1) > 0).squeeze(1)
+            uv = uv.reshape(-1, 2)[hits][None, None].contiguous()
         base = backend.texture(params.base, uv, filter_mode=s.filter_mode)
 
     def render() -> torch.Tensor:
-        fine = params.sample(backend, uv, s.filter_mode, base) * gain
+        fine = params.sample(backend, uv, s.filter_mode, base)
+        if compact:
+            fine = torch.zeros(shape[0] * shape[1] * shape[2], 3, device=fine.device).index_put(
+                (hits,), fine[0, 0]).view(shape)
+        fine = fine * gain
         return F.avg_pool2d(fine.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1) if k > 1 else fine
 
     def input_psnr() -> float:
