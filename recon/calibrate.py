@@ -47,6 +47,8 @@ SEARCH_REACH = 1.6  # rays are searched this many frame half-sizes either side o
 HULL_CAP = 0.05  # (x the hull's depth span) beyond this, being behind the hull costs no more
 INTERVAL_PULL = 0.02  # fit_interval's pull toward the hull entry, per unit of a violation
 AGREEMENT_TOL = 0.01  # (x the hull's depth span) depth differences beyond this are occlusions
+
+
 @dataclass
 class _Candidate:
     variant: RigVariant
@@ -331,7 +333,8 @@ class RimScorer:
             peak = np.clip(depth_in.argmax(axis=1), 1, self.steps - 2)
             fine = zs[peak][:, None] + (zs[1] - zs[0]) * np.linspace(-1, 1, self.fine, dtype=np.float32)
             pts = origin + (fine[:, :, None] * dirs[:, None, :]).reshape(-1, 3)
-            best = np.maximum(depth_in.max(axis=1), self._inside_by(cams, k, pts).reshape(fine.shape).max(axis=1))
+            refined = self._inside_by(cams, k, pts).reshape(fine.shape).max(axis=1)
+            best = np.maximum(depth_in.max(axis=1), refined)
             misses.append(np.minimum(best, 0.0).mean())
         return float(np.mean(misses))
 
