@@ -23,7 +23,7 @@ import numpy as np
 import trimesh
 from scipy import ndimage, sparse
 
-from recon.atlas import unwrap
+from recon.atlas import triangle_samples, unwrap
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
 from recon.projection import project_points
@@ -59,56 +59,19 @@ class Bake:
 
 
 def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> AtlasRaster:
-    """Which face (and barycentrics) covers each texel centre, vectorised over faces.
+    """Which face (and barycentrics) covers each texel centre (recon.atlas.triangle_samples).
 
-    Every face enumerates the texel centres of its bounding box (np.repeat over the box sizes)
-    and keeps those inside; barycentrics are affine in the texel position, so each face gets
-    its coefficients once. Charts never overlap, so each texel belongs to one face (ties on
-    shared edges go to the later face, which has the same colour there). Candidates are
-    processed in chunks of about `chunk` to bound memory.
+    Charts never overlap, so each texel belongs to one face (ties on shared edges go to the
+    later face, which has the same colour there).
     """
-    x = uv[:, 0].astype(np.float64) * size - 0.5  # texel centres at integers
-    y = (1.0 - uv[:, 1].astype(np.float64)) * size - 0.5
-    fx, fy = x[faces], y[faces]  # (F, 3)
-    x0 = np.clip(np.ceil(fx.min(1)), 0, size - 1).astype(np.int64)
-    x1 = np.clip(np.floor(fx.max(1)), 0, size - 1).astype(np.int64)
-    y0 = np.clip(np.ceil(fy.min(1)), 0, size - 1).astype(np.int64)
-    y1 = np.clip(np.floor(fy.max(1)), 0, size - 1).astype(np.int64)
-    w = np.maximum(x1 - x0 + 1, 0)
-    counts = w * np.maximum(y1 - y0 + 1, 0)
-    # b1 = a1 * (cx - x0) + c1 * (cy - y0) + d1 (and b2 alike), relative to the box corner.
-    e1x, e1y = fx[:, 1] - fx[:, 0], fy[:, 1] - fy[:, 0]
-    e2x, e2y = fx[:, 2] - fx[:, 0], fy[:, 2] - fy[:, 0]
-    det = e1x * e2y - e1y * e2x
-    ok = np.abs(det) >= 1e-12
-    counts[~ok] = 0  # degenerate in UV: covers no texel centre
-    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
-    ox, oy = x0 - fx[:, 0], y0 - fy[:, 0]
-    coef = np.stack([e2y * inv, -e2x * inv, (ox * e2y - oy * e2x) * inv,
-                     -e1y * inv, e1x * inv, (e1x * oy - e1y * ox) * inv], axis=1).astype(np.float32)
-
+    xy = np.stack([uv[:, 0].astype(np.float64) * size - 0.5,  # texel centres at integers
+                   (1.0 - uv[:, 1].astype(np.float64)) * size - 0.5], axis=1)
     owner_face = np.full(size * size, -1, dtype=np.int64)
     owner_bary = np.zeros((size * size, 2), dtype=np.float32)
-    ends = np.cumsum(counts)
-    start = 0
-    while start < len(faces):
-        stop = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + chunk, side="right"))
-        stop = max(stop, start + 1)
-        ids = np.arange(start, min(stop, len(faces)))
-        face = np.repeat(ids, counts[ids])
-        local = np.arange(len(face)) - np.repeat(np.cumsum(counts[ids]) - counts[ids], counts[ids])
-        lx = (local % w[face]).astype(np.float32)
-        ly = (local // w[face]).astype(np.float32)
-        c = coef[face]
-        b1 = c[:, 0] * lx + c[:, 1] * ly + c[:, 2]
-        b2 = c[:, 3] * lx + c[:, 4] * ly + c[:, 5]
-        eps = -1e-5
-        inside = (b1 >= eps) & (b2 >= eps) & (b1 + b2 <= 1.0 - eps)
-        face = face[inside]
-        texel = (y0[face] + ly[inside].astype(np.int64)) * size + x0[face] + lx[inside].astype(np.int64)
+    for face, col, row, b1, b2 in triangle_samples(xy, faces, size, size, chunk):
+        texel = row * size + col
         owner_face[texel] = face
-        owner_bary[texel] = np.stack([b1[inside], b2[inside]], axis=1)
-        start = stop
+        owner_bary[texel] = np.stack([b1, b2], axis=1)
     texel = np.nonzero(owner_face >= 0)[0]
     b12 = np.clip(owner_bary[texel], 0.0, 1.0)
     bary = np.concatenate([np.clip(1.0 - b12.sum(1, keepdims=True), 0.0, 1.0), b12], axis=1)
