@@ -1,9 +1,11 @@
 """The `reconviagen` engine: ReconViaGen (TRELLIS conditioned on VGGT features) generates a mesh
-that completes what no view saw; we then align it to the calibrated rig and re-texture it from the
-real views, because a generated mesh lives in its own frame and its colours are hallucinated.
+that completes what no view saw; we then align it to the calibrated rig, conform its surface to
+what the views observed (where they observed it) and re-texture it from the real views, because a
+generated mesh lives in its own frame, its shape is only approximately the object's, and its
+colours are hallucinated.
 
 The upstream network is an optional runtime (package `trellis` from the ReconViaGen repository,
-CUDA only, several GB of weights from the model store); see README "ReconViaGen". Without it the
+CUDA only, several GB of weights from the model store); see docs/RECONVIAGEN.md. Without it the
 engine reports itself unavailable and the job fails at load_weights with MODEL_FAILED. The
 post-processing (`finish_generated_mesh`) is ours, runs anywhere, and is what the tests and
 bench/align.py measure on synthetic "generated" meshes.
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.align import Alignment, align_to_rig, apply_alignment
+from recon.align import Alignment, align_to_rig, apply_alignment, conform_to_views
 from recon.errors import ModelFailed, VramOOM
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
@@ -51,33 +53,51 @@ def finish_generated_mesh(
     backend: RenderBackend | None = None,
     hooks: Hooks = Hooks(),
 ) -> TexturedMesh:
-    """Align any externally generated mesh to the rig and re-texture it from the views.
+    """Align any externally generated mesh to the rig, conform it to what the views saw, and
+    re-texture it from the views.
 
     Generated colours (per vertex, [0, 1]) survive only on texels no view sees (bake_texture's
-    fallback). mesh.info gets the alignment residuals (quality.json's engine_info).
+    fallback). mesh.info gets the alignment residuals and the conforming displacements
+    (quality.json's engine_info).
     """
     from recon.texture import bake_texture
 
     started = time.perf_counter()
-    alignment: Alignment = align_to_rig(vertices, faces, inputs, calibration, hooks=hooks.sub(0.0, 0.4))
+    alignment: Alignment = align_to_rig(vertices, faces, inputs, calibration, hooks=hooks.sub(0.0, 0.3))
     aligned_v, aligned_f = apply_alignment(vertices, faces, alignment)
     align_s = time.perf_counter() - started
+    conformed = conform_to_views(aligned_v, aligned_f, inputs, calibration, hooks=hooks.sub(0.3, 0.45))
+    conform_s = time.perf_counter() - started - align_s
+    fallback = None if vertex_colors is None else np.asarray(vertex_colors)[conformed.source_vertex]
     mesh = bake_texture(
-        aligned_v,
-        aligned_f,
+        conformed.vertices,
+        conformed.faces,
         inputs,
         calibration,
         texture_size=texture_size,
         backend=backend,
-        hooks=hooks.sub(0.4, 1.0),
-        fallback_colors=vertex_colors,
+        hooks=hooks.sub(0.45, 1.0),
+        fallback_colors=fallback,
     )
-    mesh.info["alignment"] = alignment.to_dict()
+    mesh.info["alignment"] = {**alignment.to_dict(), "conform": conformed.to_dict()}
     mesh.info["generated"] = {"vertices": int(len(vertices)), "faces": int(len(faces)),
                               "colours": vertex_colors is not None}
     mesh.info.setdefault("timings", {}).update({
-        "align_s": round(align_s, 3), "texture_s": round(time.perf_counter() - started - align_s, 3)})
+        "align_s": round(align_s, 3), "conform_s": round(conform_s, 3),
+        "texture_s": round(time.perf_counter() - started - align_s - conform_s, 3)})
     return mesh
+
+
+def load_generated_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(vertices, faces, per-vertex colours in [0, 1] or None) of a generator's mesh file (GLB,
+    PLY, OBJ): for meshes generated elsewhere, e.g. by the upstream demo on another host."""
+    import trimesh
+
+    mesh = trimesh.load(path, force="mesh", process=False)
+    colours = None
+    if getattr(mesh.visual, "kind", None) == "vertex":
+        colours = np.asarray(mesh.visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
+    return np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64), colours
 
 
 # Sub-folders of the published weights folder that hold the auxiliary networks the upstream
