@@ -14,6 +14,8 @@ that housekeeping never waits behind (or occupies) a GPU slot.
 from __future__ import annotations
 
 import asyncio
+import shlex
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +26,15 @@ from jobs.orchestration import WORK_POOL
 
 MAINTENANCE_POOL = "maintenance"
 ZOMBIE_AUTOMATION = "recon: crash flow runs whose heartbeats stopped"
+
+# The flow-run command the embedded launcher gives its process-pool deployments. Without one,
+# Prefect 3.9's process worker starts a workspace supervisor (`python -m
+# prefect.runner._workspace_supervisor`) that imports Prefect, prepares a workspace and then execs
+# `python -m prefect.engine`: a second interpreter start and Prefect import (about 2 s of CPU)
+# before every run turns RUNNING. We use no workspace feature (the deployment's pull step, which
+# the engine runs itself, sets the working directory). prefect.yaml leaves the command to the
+# pool: `python` on a worker's PATH need not be the project's interpreter.
+ENGINE_COMMAND = [sys.executable, "-m", "prefect.engine"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,14 @@ async def _ensure_pool(client: Any, name: str, kind: str, limit: int | None) -> 
     await client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
 
 
+def local_job_variables(d: DeploymentDef) -> dict[str, Any]:
+    """Job variables of a deployment the embedded launcher applies: process pools run
+    ENGINE_COMMAND with this interpreter (the launcher's venv)."""
+    if EMBEDDED_POOLS.get(d.work_pool) == "process" and "command" not in d.job_variables:
+        return {**d.job_variables, "command": shlex.join(ENGINE_COMMAND)}
+    return dict(d.job_variables)
+
+
 async def _apply_deployment(client: Any, d: DeploymentDef, root: Path) -> Any:
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
@@ -141,7 +160,7 @@ async def _apply_deployment(client: Any, d: DeploymentDef, root: Path) -> Any:
         schedules=_schedule_objects(d),
         parameters=d.parameters,
         tags=list(d.tags),
-        job_variables=d.job_variables,
+        job_variables=local_job_variables(d),
         pull_steps=[set_working_directory_step(d.pull_directory or str(root))],
         parameter_openapi_schema=parameter_schema(flow.fn).model_dump(),
         enforce_parameter_schema=True,

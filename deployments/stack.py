@@ -30,6 +30,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # start (Python + Prefect imports), so the stack polls every 0.5 s: one cheap request to the
 # Prefect server (tests: 1 s; infra/compose.yaml: 1 s).
 WORKER_QUERY_SECONDS = 0.5
+# How long the API keeps an idle client connection open. uvicorn's default (5 s) equals the
+# spec's fastest polling interval, so a polling client's request races the server closing its
+# connection (ReadError / RemoteProtocolError); 75 s outlasts the slowest interval (30 s).
+KEEP_ALIVE_SECONDS = 75
 # Flow-run heartbeats (Prefect's minimum is 30 s) and the silence after which the zombie
 # automation (deployments/automations.py) crashes a run whose process died with its worker.
 HEARTBEAT_SECONDS = 30
@@ -190,7 +194,7 @@ def start_api(home: Path, api_url: str, host: str, port: int, log_dir: Path, env
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the API talks to Prefect over HTTP only
     env.update(RECON_API_HOST=host, RECON_API_PORT=str(port))
     proc = spawn(name, [bin_path("uvicorn"), "api.app:app", "--host", host, "--port", str(port),
-                        "--no-access-log"], env, log_dir)
+                        "--no-access-log", "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS)], env, log_dir)
     wait_until(lambda: httpx.get(f"http://{host}:{port}/health", timeout=5).status_code in (200, 503), timeout,
                f"the API's /health on port {port}", proc)
     return proc
