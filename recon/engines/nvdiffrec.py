@@ -61,7 +61,7 @@ class NvdiffrecSettings:
     # dragged along while the geometry moved.
     rebake: bool = True
     texture_resolution: int = 512  # final texture-only stage
-    texture_iterations: int = 40
+    texture_iterations: int = 60
     texture_size: int = 0  # 0 keeps the fusion texture's size
     # The texture is optimised as base + bilinear upsampling of a residual this many times
     # smaller (0: from the texel footprint of the input views). Without mipmaps (CPU backend)
