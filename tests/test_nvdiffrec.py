@@ -21,6 +21,7 @@ from recon.engines.nvdiffrec import (
     joint_loss,
     prepare,
     refine,
+    starting_mesh,
     targets_at,
 )
 from recon.errors import Cancelled, ConvergenceFailed
@@ -109,6 +110,15 @@ def test_refinement_reduces_loss_and_improves_psnr(case):
     assert after > before + 1.0, (before, after)
     assert out.vertices.shape == start.vertices.shape and out.texture.dtype == np.uint8
     assert np.array_equal(out.faces, start.faces) and np.array_equal(out.uv, start.uv)
+
+
+def test_starting_mesh_is_fusion_at_the_face_budget(case):
+    """The CPU optimisation affords its iterations by starting from fewer faces than fusion's."""
+    inputs, calib, _ = case
+    mesh = starting_mesh(inputs, calib, get_backend("cpu"), _settings(face_budget=300))
+    assert 100 < len(mesh.faces) <= 300
+    assert mesh.uv.shape == (len(mesh.vertices), 2) and mesh.texture.ndim == 3
+    assert _input_psnr(mesh, inputs, calib) > 15.0  # a real bake of the views, not a blank atlas
 
 
 def test_gradients_reach_vertices_and_texture(case):
