@@ -52,17 +52,22 @@ DEFAULT_CASES = "spot,fish,penguin,cup"
 
 def case_plan(names: list[str], seed: int) -> list[dict]:
     """Seeded fov, variant and naming per case: odd cases get a random non-nominal variant and
-    the last case is named by upload order, so both code paths are exercised every run."""
+    the last case is named by upload order, so both code paths are exercised every run.
+
+    The plan is drawn over the whole suite (DEFAULT_CASES, then any other names) and then
+    filtered, so `--cases fish` reproduces exactly the fish case of a full run."""
+    suite = DEFAULT_CASES.split(",")
+    suite += [name for name in names if name not in suite]
     rng = np.random.default_rng(seed)
-    plan = []
     non_nominal = [v for v in ALL_VARIANTS if v != RigVariant()]
-    for i, name in enumerate(names):
+    drawn = {}
+    for i, name in enumerate(suite):
         fov = float(np.round(rng.uniform(30.0, 60.0), 2))
         variant = non_nominal[int(rng.integers(len(non_nominal)))] if i % 2 == 1 else RigVariant()
-        naming = "order" if i == len(names) - 1 and len(names) > 1 else "slots"
-        plan.append({"case": name, "fov": fov, "variant": variant, "naming": naming,
-                     "seed": seed * 100 + i})
-    return plan
+        naming = "order" if i == len(suite) - 1 else "slots"
+        drawn[name] = {"case": name, "fov": fov, "variant": variant, "naming": naming,
+                       "seed": seed * 100 + i}
+    return [drawn[name] for name in names]
 
 
 def ensure_case(entry: dict, work: Path, view_res: int, depth_res: int, novel_res: int) -> Path:
