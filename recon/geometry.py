@@ -33,6 +33,9 @@ BLOCK = 4  # fine voxels per coarse block edge
 CHUNK = 1 << 20  # points per field evaluation batch (bounds temporary memory)
 SDF_MARGIN = 64  # pixels around the silhouette where its distance transform is exact
 SMOOTH_STEP = 0.02  # depth steps above this (x frame half-size) between neighbours are edges
+# Masks come from the background colour with a tolerance, so every partly covered edge pixel is
+# object: the true contour lies on average about half a mask pixel inside the mask's edge.
+MASK_EDGE_BIAS = 0.45  # mask pixels (0.5 -> fish 1024: 0.07 px too thin, 0.45 -> ~0)
 
 
 def fuse_geometry(
@@ -61,9 +64,85 @@ def fuse_geometry(
         mesh = mesh.simplify_quadric_decimation(face_count=int(face_budget * 0.99))
         mesh = clean_mesh(mesh)
     hooks.progress(0.95, "geometry: smoothing")
-    trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=4)
+    snap_contours(mesh, calibration.cameras, inputs.masks)
+    smooth_keeping_contours(mesh, [cam.position for cam in calibration.cameras])
     hooks.progress(1.0, "geometry: done")
     return mesh
+
+
+def contour_vertices(mesh: trimesh.Trimesh, centres: list[np.ndarray]) -> np.ndarray:
+    """Indices of the vertices on the occluding contour seen from any of the camera `centres`:
+    those with both a front-facing and a back-facing neighbouring face."""
+    faces = np.asarray(mesh.faces)
+    normals = np.asarray(mesh.face_normals)
+    centroids = np.asarray(mesh.triangles_center)
+    on_contour = np.zeros(len(mesh.vertices), bool)
+    for centre in centres:
+        front = np.einsum("ij,ij->i", normals, np.asarray(centre)[None] - centroids) > 0
+        count = np.zeros(len(mesh.vertices), np.int32)
+        for k in range(3):
+            np.add.at(count, faces[:, k], front.astype(np.int32))
+        valence = np.bincount(faces.reshape(-1), minlength=len(mesh.vertices))
+        on_contour |= (count > 0) & (count < valence)
+    return np.flatnonzero(on_contour)
+
+
+def snap_contours(mesh: trimesh.Trimesh, cameras: list[Camera], masks: list[np.ndarray],
+                  reach: float = 2.0) -> None:
+    """Move each view's contour vertices along their normals, in place, until they project
+    onto that view's mask boundary (the 0.5 level of the bilinearly sampled mask, searched
+    along the projected normal within `reach` pixels at <= 1024 px, proportionally more above).
+
+    The carved field's zero level sits up to a pixel inside the silhouettes (the depth
+    carving's tolerance is a compromise over the whole surface); the masks are the sharpest
+    measurement there is, so the contour is set from them directly. Vertices on contours of
+    several views take the mean of their moves; a contour with no boundary within reach (a
+    fin in front of the body) does not move.
+    """
+    verts = np.asarray(mesh.vertices, dtype=np.float64)
+    normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
+    move = np.zeros_like(verts)
+    count = np.zeros(len(verts))
+    for cam, mask in zip(cameras, masks):
+        cam = cam.at_resolution(mask.shape[1], mask.shape[0])
+        idx = contour_vertices(mesh, [cam.position])
+        if len(idx) == 0:
+            continue
+        v, n = verts[idx], normals[idx]
+        (p, z), (q, _) = cam.project(v), cam.project(v + 1e-3 * n)
+        gain = np.linalg.norm(q - p, axis=1) / 1e-3  # pixels per world unit along the normal
+        u = (q - p) / np.maximum(gain[:, None] * 1e-3, 1e-12)
+        pix = reach * max(1.0, max(mask.shape) / 1024.0)
+        steps = np.linspace(-pix, pix, int(8 * pix) + 1)
+        xs = p[:, None, 0] + steps[None] * u[:, None, 0]
+        ys = p[:, None, 1] + steps[None] * u[:, None, 1]
+        vals = ndimage.map_coordinates(mask.astype(np.float32), [ys - 0.5, xs - 0.5], order=1,
+                                       mode="constant", cval=0.0) - 0.5
+        # outward crossings (inside -> outside along +u); the one nearest the vertex
+        cross = (vals[:, :-1] >= 0) & (vals[:, 1:] < 0)
+        frac = vals[:, :-1] / np.where(cross, vals[:, :-1] - vals[:, 1:], 1.0)
+        t = steps[:-1][None] + frac * (steps[1] - steps[0])
+        t = np.where(cross, t, np.inf)
+        best = np.argmin(np.abs(t), axis=1)
+        shift = t[np.arange(len(idx)), best] - MASK_EDGE_BIAS
+        ok = np.isfinite(shift) & (gain > 0.5 * cam.focal / np.maximum(z, 1e-6))
+        move[idx[ok]] += n[ok] * (shift[ok] / gain[ok])[:, None]
+        count[idx[ok]] += 1
+    moved = count > 0
+    verts[moved] += move[moved] / count[moved, None]
+    mesh.vertices = verts
+
+
+def smooth_keeping_contours(mesh: trimesh.Trimesh, centres: list[np.ndarray]) -> None:
+    """Taubin smoothing in place with the views' contour vertices pinned.
+
+    The silhouettes are the best-measured part of the surface (the masks are exact to a pixel,
+    the depths to a quantisation step); letting smoothing pull contour vertices inwards thinned
+    every silhouette (fish: 0.08 px at 1024, 0.5 dB input PSNR).
+    """
+    pinned = contour_vertices(mesh, centres)
+    laplacian = trimesh.smoothing.laplacian_calculation(mesh, pinned_vertices=pinned)
+    trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=4, laplacian_operator=laplacian)
 
 
 class SignedField:

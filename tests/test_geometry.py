@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
 
 from recon.decode import decode_inputs
 from recon.errors import Cancelled
 from recon.evaluate import chamfer_fscore
-from recon.geometry import fuse_geometry
+from recon.geometry import contour_vertices, fuse_geometry, snap_contours, smooth_keeping_contours
 from recon.hooks import Hooks
 from recon.rig import RigVariant, camera_distance, rig_cameras
 from recon.synth import load_test_mesh, render_case
@@ -63,3 +64,33 @@ def test_cancellation(case) -> None:
     with pytest.raises(Cancelled):
         fuse_geometry(inputs, truth_calibration(inputs, truth), resolution=64,
                       hooks=Hooks(should_cancel=lambda: True))
+
+
+def _silhouette_errors(mesh: trimesh.Trimesh, cams: list, masks: list[np.ndarray]) -> list[int]:
+    """Pixels where the mesh's silhouette and each mask disagree."""
+    out = []
+    for cam, mask in zip(cams, masks):
+        origins, dirs = cam.pixel_rays()
+        hit = mesh.ray.intersects_any(origins, dirs).reshape(mask.shape)
+        out.append(int((hit != mask).sum()))
+    return out
+
+
+def test_contours_snap_to_the_masks_and_smoothing_keeps_them() -> None:
+    cams = rig_cameras(40.0, 192, 192)
+    truth = trimesh.creation.icosphere(4, radius=0.5)
+    # masks as decoding makes them: partly covered edge pixels count as object (4x4 coverage)
+    masks = []
+    for cam in cams:
+        origins, dirs = cam.at_resolution(768, 768).pixel_rays()
+        cover = truth.ray.intersects_any(origins, dirs).reshape(192, 4, 192, 4).mean(axis=(1, 3))
+        masks.append(cover > 0.05)
+    thin = trimesh.creation.icosphere(4, radius=0.495)  # ~0.7 px inside every silhouette
+    before = _silhouette_errors(thin, cams, masks)
+    snap_contours(thin, cams, masks)
+    after = _silhouette_errors(thin, cams, masks)
+    assert sum(after) < 0.6 * sum(before), (before, after)
+    pinned = contour_vertices(thin, [c.position for c in cams])
+    kept = np.asarray(thin.vertices)[pinned].copy()
+    smooth_keeping_contours(thin, [c.position for c in cams])
+    assert np.allclose(np.asarray(thin.vertices)[pinned], kept)
