@@ -15,9 +15,12 @@ handle) where point-to-point stalls. Matches must face the camera that saw the p
 scaled up by its wall thickness fits its inner wall to the observed outer wall), and a view
 whose calibrated depth disagrees with all others is left out while poses are compared. Results
 whose depth residuals are nearly tied (symmetric objects) are told apart by silhouette IoU
-against the input masks. The kd-tree of the generated surface is built once in the generated
-frame and the observed points are mapped into it, so the whole search costs one or two seconds
-of CPU. Reported residuals go into quality.json.
+against the input masks. On a nearly axis-symmetric body (a cup) depth barely tells turns about
+its axis apart, so the best pose is also turned about that axis (fitted where turned samples
+stay on the surface), the turns ranked by splatted silhouettes and the best refined; the final
+choice among near-tied fits compares rendered silhouettes. The kd-tree of the generated surface
+is built once in the generated frame and the observed points are mapped into it, so the whole
+search costs about two seconds of CPU. Reported residuals go into quality.json.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import trimesh
-from scipy import ndimage, sparse
+from scipy import ndimage, optimize, sparse
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -45,6 +48,11 @@ IOU_TIE = 0.01  # ... and among those within this IoU of the best, the lowest re
 SILHOUETTE_RES = 128  # the reported silhouette IoU renders the mesh at most at this size
 SPLAT_RES = 64  # candidate poses are ranked by splatted silhouettes at this size
 IOU_FINALISTS = 2  # coarse results with the best silhouettes that are refined as well
+SPIN_ANGLES = 24  # turns about the near-symmetry axis tried after the coarse search (15 deg apart)
+SPIN_RES = 128  # ... each scored by splatted silhouettes at this size (the handle spans pixels)
+SPIN_POINTS = 8000  # ... of this many surface samples
+SPIN_PROBE = 1000  # surface samples turned to find that axis
+SPIN_FINALISTS = 2  # the best-scored turns refined by point-to-plane ICP
 REJECT_RATIO, REJECT_MIN_PCT = 3.0, 0.5  # a view this far off (x median, % of diagonal) is dropped
 FACING_COS = 0.1  # a match's normal may face at most this far (cosine) away from its camera
 
@@ -309,14 +317,31 @@ def align_to_rig(
     by_iou = sorted(candidates, key=lambda c: -silhouettes.iou(coarse.points, c[0]))
     half = observed.subset(rng.permutation(len(target))[: len(target) // 2])
     starts = _distinct(candidates, t_r, FINALISTS) + _distinct(by_iou, t_r, IOU_FINALISTS)
+    fine_silhouettes = _Silhouettes(inputs, calibration, SPIN_RES)
     finalists = []
     for matrix, _ in _distinct(starts, t_r, len(starts)):
         hooks.check()
         refined, residual, _ = fine.icp_plane(matrix, half, FINE_ITERATIONS)
-        finalists.append((refined, residual, silhouettes.iou(fine.points, refined)))
+        finalists.append((refined, residual, fine_silhouettes.iou(fine.points, refined)))
+    # Spin search: on a nearly axis-symmetric body the depth residuals of turns about its axis
+    # nearly tie and the few samples on what breaks the symmetry (a cup's handle) may not pick
+    # the right turn; silhouettes over six views do, so the best pose so far is turned about
+    # its near-symmetry axis, the turns ranked by finer silhouettes, and the best few refined.
+    hooks.progress(0.7, "turning about the symmetry axis")
+    best = max(finalists, key=lambda c: (c[1] <= TIE * min(r for _, r, _ in finalists), c[2]))[0]
+    spin_points = fine.points[rng.permutation(len(fine.points))[:SPIN_POINTS]]
+    turns = sorted(((m, -fine_silhouettes.iou(spin_points, m))
+                    for m in _spins(best, fine, allow_mirror)), key=lambda c: c[1])
+    for matrix, _ in _distinct(turns, t_r, SPIN_FINALISTS):
+        hooks.check()
+        refined, residual, _ = fine.icp_plane(matrix, half, FINE_ITERATIONS)
+        finalists.append((refined, residual, fine_silhouettes.iou(fine.points, refined)))
     hooks.progress(0.8, "checking silhouettes")
     best_residual = min(r for _, r, _ in finalists)
-    tied = [c for c in finalists if c[1] <= TIE * best_residual]
+    # near-tied fits are told apart by rendered silhouettes (~0.1 s CPU a pose at 128 px): splats
+    # blur the few pixels a handle turned by 20 degrees changes, rendering does not
+    tied = [(m, r, _silhouette_iou(vertices, faces, m, inputs, calibration))
+            for m, r, _ in finalists if r <= TIE * best_residual]
     best_iou = max(c[2] for c in tied)
     chosen = min((c for c in tied if c[2] >= best_iou - IOU_TIE), key=lambda c: c[1])[0]
     matrix, residual, rejected = fine.icp_plane(chosen, observed, FINE_ITERATIONS)
@@ -338,6 +363,49 @@ def align_to_rig(
         finalists=[{"residual_pct_of_diagonal": 100.0 * r / diag, "silhouette_iou_splat": i,
                     "chosen": m is chosen} for m, r, i in finalists],
     )
+
+
+def _spins(matrix: np.ndarray, surface: _Surface, allow_mirror: bool) -> list[np.ndarray]:
+    """`matrix` composed with SPIN_ANGLES turns about the generated surface's near-symmetry axis
+    through its centre; with mirrors allowed, also each turn reflected through a plane
+    containing that axis. The axis is the principal axis about which turned samples stay
+    closest to the surface (variances alone do not tell: a cup's are within 25 %)."""
+    points = surface.points
+    centre = points.mean(axis=0)
+    _, vecs = np.linalg.eigh(np.cov((points - centre).T))
+    probe = points[:: max(1, len(points) // SPIN_PROBE)]
+
+    def asymmetry(axis: np.ndarray, through: np.ndarray) -> float:
+        turned = [(probe - through) @ Rotation.from_rotvec(a * axis).as_matrix().T + through
+                  for a in (np.pi / 3, np.pi)]
+        return float(np.median(surface.tree.query(np.concatenate(turned))[0]))
+
+    k = min(range(3), key=lambda i: asymmetry(vecs[:, i], centre))
+    # the centroid is off the axis by what breaks the symmetry (the handle): tilt and shift the
+    # axis to where turns fit best, so turned bodies stay where the views saw them
+    basis = np.delete(vecs, k, axis=1)
+
+    def line(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        axis = vecs[:, k] + basis @ x[:2]
+        return axis / np.linalg.norm(axis), centre + basis @ x[2:] * surface.diagonal
+
+    simplex = np.vstack([np.zeros(4), np.diag([0.1, 0.1, 0.05, 0.05])])  # radians, diagonals
+    fit = optimize.minimize(lambda x: asymmetry(*line(x)), np.zeros(4), method="Nelder-Mead",
+                            options={"initial_simplex": simplex, "xatol": 1e-3,
+                                     "fatol": 1e-4 * surface.diagonal, "maxfev": 200})
+    axis, centre = line(fit.x)
+    across = basis[:, 0] - axis * (axis @ basis[:, 0])
+    across /= np.linalg.norm(across)
+    reflect = np.eye(3) - 2.0 * np.outer(across, across)
+    out = []
+    for angle in np.arange(SPIN_ANGLES) * 2.0 * np.pi / SPIN_ANGLES:
+        turn = Rotation.from_rotvec(angle * axis).as_matrix()
+        for linear in ([turn, turn @ reflect] if allow_mirror else [turn]):
+            local = np.eye(4)
+            local[:3, :3] = linear
+            local[:3, 3] = centre - linear @ centre
+            out.append(matrix @ local)
+    return out
 
 
 def _disagreeing_views(dist: np.ndarray, view_index: np.ndarray, diag: float) -> list[int]:
@@ -371,12 +439,12 @@ class _Silhouettes:
     SPLAT_RES pixels and closed, against the downsampled input masks. Rendering the mesh costs
     ~0.1 s per view on a CPU; this costs milliseconds, so every candidate pose can be scored."""
 
-    def __init__(self, inputs: Inputs, calibration: Calibration) -> None:
+    def __init__(self, inputs: Inputs, calibration: Calibration, size: int = SPLAT_RES) -> None:
         from PIL import Image
 
         self.views = []
         for cam, mask in zip(calibration.depth_cameras, inputs.depth_masks):
-            factor = min(1.0, SPLAT_RES / max(cam.width, cam.height))
+            factor = min(1.0, size / max(cam.width, cam.height))
             w, h = max(1, round(cam.width * factor)), max(1, round(cam.height * factor))
             small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
                 (w, h), Image.Resampling.BOX)) >= 128
