@@ -78,7 +78,10 @@ class MeshRegulariser:
             torch.as_tensor(idx, device=device), torch.as_tensor(val, device=device),
             (num_vertices, num_vertices), check_invariants=False,
         ).coalesce()
-        self.rest_lengths = self.edge_lengths(rest_vertices).detach().clamp_min(1e-8)
+        self.rest_lengths = self.edge_lengths(rest_vertices).detach()
+        # Relative to each rest length, floored at a tenth of the mean: a near-degenerate edge
+        # (contour snapping can leave some) made one Adam step raise this term 10^4-fold.
+        self.length_scale = self.rest_lengths.clamp_min(0.1 * float(self.rest_lengths.mean()) + 1e-12)
 
     def edge_lengths(self, vertices: torch.Tensor) -> torch.Tensor:
         return (vertices[self.edges[:, 0]] - vertices[self.edges[:, 1]]).norm(dim=1)
@@ -99,7 +102,7 @@ class MeshRegulariser:
     def edge_length_loss(self, vertices: torch.Tensor) -> torch.Tensor:
         """Mean squared relative change of edge lengths: keeps triangles from collapsing or
         stretching while vertices move (edge-length control instead of remeshing)."""
-        return (self.edge_lengths(vertices) / self.rest_lengths - 1.0).pow(2).mean()
+        return ((self.edge_lengths(vertices) - self.rest_lengths) / self.length_scale).pow(2).mean()
 
     def contour_vertices(self, vertices: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
         """Bool [E,V]: per eye position (rows of `eyes` [E,3]), the vertices on an edge between a

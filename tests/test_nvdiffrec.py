@@ -184,3 +184,18 @@ def test_cuda_backend_helpers_work_without_a_gpu():
     uv = torch.stack([xs * 2 / 64, ys * 0.5 / 64], dim=-1)[None]
     level = _mip_level(uv, (64, 64))
     assert torch.allclose(level, torch.ones_like(level), atol=1e-5)
+
+
+def test_edge_length_term_stays_bounded_on_a_near_degenerate_edge():
+    """Contour snapping can leave a near-zero edge; one optimiser step of ~1e-3 must not raise
+    the edge term by orders of magnitude (it made the cup case 'diverge' at iteration 2)."""
+    from recon.losses import MeshRegulariser
+
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    verts = torch.as_tensor(mesh.vertices, dtype=torch.float32)
+    a, b = mesh.edges_unique[0]
+    verts[b] = verts[a] + 1e-7  # a nearly collapsed edge
+    reg = MeshRegulariser(np.asarray(mesh.faces), len(verts), verts)
+    moved = verts + 1e-3 * torch.randn(verts.shape, generator=torch.Generator().manual_seed(0))
+    assert float(reg.edge_length_loss(verts)) == pytest.approx(0.0, abs=1e-9)
+    assert float(reg.edge_length_loss(moved)) < 0.05
