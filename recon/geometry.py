@@ -88,7 +88,7 @@ def contour_vertices(mesh: trimesh.Trimesh, centres: list[np.ndarray]) -> np.nda
 
 
 def snap_contours(mesh: trimesh.Trimesh, cameras: list[Camera], masks: list[np.ndarray],
-                  reach: float = 2.0) -> None:
+                  reach: float = 1.0) -> None:
     """Move each view's contour vertices along their normals, in place, until they project
     onto that view's mask boundary (the 0.5 level of the bilinearly sampled mask, searched
     along the projected normal within `reach` pixels at <= 1024 px, proportionally more above).
@@ -97,7 +97,9 @@ def snap_contours(mesh: trimesh.Trimesh, cameras: list[Camera], masks: list[np.n
     carving's tolerance is a compromise over the whole surface); the masks are the sharpest
     measurement there is, so the contour is set from them directly. Vertices on contours of
     several views take the mean of their moves; a contour with no boundary within reach (a
-    fin in front of the body) does not move.
+    fin in front of the body) does not move. One pixel of reach, not two: the farther crossings
+    were other contours' boundaries and moved a band of vertices outwards (spot 1024 px: novel
+    PSNR 30.6 -> 31.5 dB, input 33.3 -> 34.1).
     """
     verts = np.asarray(mesh.vertices, dtype=np.float64)
     normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
