@@ -541,7 +541,7 @@ def conform_to_views(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, ca
     CONFORM_MAX_FACES (quadric: fine where curved, like the fusion mesh); uniform edges at that
     budget lost 1 dB of input PSNR on the cup's thin rim.
     """
-    from recon.geometry import SignedField
+    from recon.geometry import SignedField, snap_contours
     from recon.projection import frame_half_size
 
     hooks.check()
@@ -568,6 +568,9 @@ def conform_to_views(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, ca
     if len(out.faces) > CONFORM_MAX_FACES:
         hooks.progress(0.95, "decimating the conformed mesh")
         out = out.simplify_quadric_decimation(face_count=CONFORM_MAX_FACES)
+    # occluding contours onto the mask boundaries, as the fusion mesh's are (the field's zero
+    # level sits up to a pixel inside the silhouettes)
+    snap_contours(out, calibration.cameras, inputs.masks)
     _, source = cKDTree(np.asarray(vertices)).query(out.vertices)
     hooks.progress(1.0, "conformed")
     return Conformed(
