@@ -117,7 +117,7 @@ def snap_contours(mesh: trimesh.Trimesh, cameras: list[Camera], masks: list[np.n
         gain = np.linalg.norm(q - p, axis=1) / 1e-3  # pixels per world unit along the normal
         u = (q - p) / np.maximum(gain[:, None] * 1e-3, 1e-12)
         pix = reach * max(1.0, max(mask.shape) / 1024.0)
-        steps = np.linspace(-pix, pix, int(8 * pix) + 1)
+        steps = np.linspace(-2 * pix, 2 * pix, int(16 * pix) + 1)  # crossings beyond: see below
         xs = p[:, None, 0] + steps[None] * u[:, None, 0]
         ys = p[:, None, 1] + steps[None] * u[:, None, 1]
         vals = ndimage.map_coordinates(mask.astype(np.float32), [ys - 0.5, xs - 0.5], order=1,
@@ -130,6 +130,7 @@ def snap_contours(mesh: trimesh.Trimesh, cameras: list[Camera], masks: list[np.n
         best = np.argmin(np.abs(t), axis=1)
         shift = t[np.arange(len(idx)), best] - MASK_EDGE_BIAS
         ok = np.isfinite(shift) & (gain > 0.5 * cam.focal / np.maximum(z, 1e-6))
+        ok &= np.abs(shift) <= pix  # the move itself (after the bias) is at most `reach`
         move[idx[ok]] += n[ok] * (shift[ok] / gain[ok])[:, None]
         count[idx[ok]] += 1
     moved = count > 0
