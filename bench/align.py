@@ -138,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results = []
-    for i, entry in enumerate(case_plan([c for c in args.cases.split(",") if c], args.seed)):
+    for entry in case_plan([c for c in args.cases.split(",") if c], args.seed):
         folder = ensure_case(entry, args.work / "cases", args.view_res, args.depth_res, args.novel_res)
         try:
-            result = run_case(entry, folder, args.device, args.texture_size, args.seed * 100 + i)
+            result = run_case(entry, folder, args.device, args.texture_size, entry["seed"])
         except Exception as exc:  # one broken case must not hide the others' numbers
             result = {"case": entry["case"], "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(result), flush=True)
