@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import DEFAULT_CASES, _ordered, case_plan, ensure_case, geometry_scores  # noqa: E402
+from bench.quality import _ordered, add_case_arguments, case_plan, ensure_case, geometry_scores  # noqa: E402
 
 TARGETS = {
     "chamfer_pct_max": 1.0,
@@ -126,15 +126,8 @@ def summarise(results: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=DEFAULT_CASES)
-    parser.add_argument("--view-res", type=int, default=2048)
-    parser.add_argument("--depth-res", type=int, default=1024)
-    parser.add_argument("--novel-res", type=int, default=512,
-                        help="novel truth views (unused here; part of the shared case cache key)")
+    add_case_arguments(parser)
     parser.add_argument("--texture-size", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/recon-bench"))
     args = parser.parse_args(argv)
 
     results = []

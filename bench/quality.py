@@ -235,17 +235,22 @@ def summarise(results: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", default="fusion", choices=("fusion", "nvdiffrec"))
+def add_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic-suite options every bench shares (they also key the case cache)."""
     parser.add_argument("--cases", default=DEFAULT_CASES)
     parser.add_argument("--view-res", type=int, default=2048)
     parser.add_argument("--depth-res", type=int, default=1024)
     parser.add_argument("--novel-res", type=int, default=512,
-                        help="resolution of the novel ground-truth views (rendering cost)")
+                        help="resolution of the novel ground-truth views (rendering cost; part of the case cache key)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recon-bench"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", default="fusion", choices=("fusion", "nvdiffrec"))
+    add_case_arguments(parser)
     args = parser.parse_args(argv)
 
     results = []
