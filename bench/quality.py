@@ -156,6 +156,9 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
         view = render_mesh(backend, recon_cam, mesh.vertices, mesh.faces, mesh.uv, mesh.texture)
         colour = block_mean(view.color, 2)
         mask = block_mean(view.mask.astype(np.float32), 2) >= 0.5
+        # The truth renders are already on white and antialiased: compare them as they are.
+        # (Whitening the pixels outside the one-sample true mask capped even the true mesh with
+        # its true colours at 33.8-37.1 dB; as they are, it scores 58.6-59.4 dB, 8-bit rounding.)
         scores.append(compare_view(colour, mask, image, true_mask))
     return {
         "novel_psnr": float(np.mean([s["psnr"] for s in scores])),

@@ -83,6 +83,11 @@ def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out[..., 0] if image.ndim == 2 else out
 
 
+def composite_over_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The view's object on white (float32 RGB): background pixels (mask False) become white."""
+    return np.where(mask[..., None], image[..., :3], 1.0).astype(np.float32)
+
+
 def _render_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
     scale = min(1.0, max_resolution / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -101,10 +106,14 @@ def _bbox(region: np.ndarray, margin: int, min_size: int) -> tuple[slice, slice]
     return slice(r0, r1), slice(c0, c1)
 
 
-def compare_view(rendered: np.ndarray, rendered_mask: np.ndarray, image: np.ndarray,
+def compare_view(rendered: np.ndarray, rendered_mask: np.ndarray, target: np.ndarray,
                  mask: np.ndarray) -> dict[str, float]:
-    """PSNR/SSIM on the object (union of both masks) and on the full frame over white, and IoU."""
-    target = np.where(mask[..., None], image, 1.0)
+    """PSNR/SSIM on the object (union of both masks) and on the full frame, and the mask IoU.
+
+    `target` is the input already composited over white (`composite_over_white`) at its own
+    resolution and only then resized: compositing here, with a mask resized to the render size,
+    would whiten every edge pixel the resized mask drops, although it shows partly object colour.
+    """
     region = mask | rendered_mask
     union = int(region.sum())
     # SSIM only around the object: outside it both images are the same white, where SSIM is
@@ -147,7 +156,7 @@ def quality_report(
                            mesh.faces, mesh.uv, mesh.texture)
         colour = block_mean(view.color, k)
         rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
-        image = area_resize(inputs.images[i][..., :3].astype(np.float32), width, height)
+        image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i]), width, height)
         mask = area_resize(inputs.masks[i], width, height)
         entry: dict[str, Any] = {
             "name": inputs.names[i] if i < len(inputs.names) else "",
@@ -180,6 +189,9 @@ def quality_report(
             "object_pixels": "union of the input mask and the rendered mask; SSIM map averaged "
             "over it",
             "full_frame": "input composited over white vs the render on white",
+            "compositing": "input composited over white by its mask at the input's own "
+            "resolution, before the area-averaging resize (so partly covered edge pixels keep "
+            "their blend of object colour and white)",
             "resolution": f"rendered at min(view size, {max_resolution}) per side with "
             f"{supersample}x{supersample} samples per pixel (box filter); inputs downsampled to "
             "that size by area averaging",
