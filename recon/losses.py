@@ -118,3 +118,17 @@ class MeshRegulariser:
                 idx = self.pair_edges[:, k][None].expand_as(on)
                 mark.scatter_reduce_(1, idx, on.to(mark.dtype), reduce="amax")
             return mark > 0
+
+    def contour_edges(self, vertices: torch.Tensor, eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seen from `eye` [3]: the edges [K,2] between a face turned towards it and one turned
+        away (the mesh's contour), and per edge the third vertex of its front face [K], which
+        tells on which side of the projected edge the visible surface lies."""
+        with torch.no_grad():
+            n = self.face_normals(vertices)
+            centre = vertices[self.faces].mean(dim=1)
+            front = ((eye[None] - centre) * n).sum(dim=1) > 0
+            first, second = front[self.face_pairs[:, 0]], front[self.face_pairs[:, 1]]
+            on = first != second
+            face = torch.where(first, self.face_pairs[:, 0], self.face_pairs[:, 1])[on]
+            edges = self.pair_edges[on]
+            return edges, self.faces[face].sum(dim=1) - edges.sum(dim=1)

@@ -18,6 +18,7 @@ from scipy.ndimage import gaussian_filter
 from recon.engines import get_engine
 from recon.engines.nvdiffrec import (
     NvdiffrecSettings,
+    coverage_targets,
     joint_loss,
     prepare,
     refine,
@@ -110,6 +111,46 @@ def test_refinement_reduces_loss_and_improves_psnr(case):
     assert after > before + 1.0, (before, after)
     assert out.vertices.shape == start.vertices.shape and out.texture.dtype == np.uint8
     assert np.array_equal(out.faces, start.faces) and np.array_equal(out.uv, start.uv)
+
+
+def _coverage_error(mesh: TexturedMesh, inputs: Inputs, calib: Calibration) -> float:
+    """Mean |2x2-supersampled coverage - coverage implied by the views' colours| on the outline."""
+    backend = get_backend("cpu")
+    problem, _ = prepare(mesh, inputs, calib, backend, _settings())
+    alpha = torch.flip(coverage_targets(problem, RES).alpha, dims=[1]).numpy()
+    errors = []
+    for cam, a in zip(calib.cameras, alpha):
+        view = render_mesh(backend, cam.at_resolution(2 * RES, 2 * RES), mesh.vertices, mesh.faces)
+        cover = view.mask.reshape(RES, 2, RES, 2).mean(axis=(1, 3))
+        band = ((a > 0) & (a < 1)) | ((cover > 0) & (cover < 1))
+        errors.append(np.abs(cover - a)[band].mean())
+    return float(np.mean(errors))
+
+
+def test_silhouette_stage_moves_a_shrunken_outline_onto_the_views(case):
+    """A mesh 4 % too small (outline about half a pixel inside every view) grows back: the
+    coverage its views' colours imply is met better, and the vertices move outwards."""
+    inputs, calib, start = case
+    shrunk = TexturedMesh(start.vertices * 0.96, start.faces, start.uv, start.texture)
+    settings = _settings(joint_resolutions=(), rebake=False, texture_iterations=0,
+                         silhouette_iterations=15, silhouette_resolution=RES)
+    out = refine(shrunk, inputs, calib, backend=get_backend("cpu"), settings=settings)
+    assert [s["stage"] for s in out.info["nvdiffrec"]["stages"]] == [f"silhouette@{RES}x{RES}"]
+    before, after = _coverage_error(shrunk, inputs, calib), _coverage_error(out, inputs, calib)
+    assert after < 0.7 * before, (before, after)
+    radius = lambda m: np.linalg.norm(m.vertices, axis=1).mean()  # noqa: E731
+    assert radius(out) > radius(shrunk)
+
+
+def test_coverage_targets_match_the_true_outline(case):
+    """The coverage read from antialiased colours agrees with the true mesh's own supersampled
+    coverage (what quality.json renders), far better than the one-sample masks do."""
+    inputs, calib, _ = case
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    sphere.vertices[:, 1] *= 0.8
+    truth = TexturedMesh(sphere.vertices.astype(np.float32), sphere.faces.astype(np.int32),
+                         np.zeros((len(sphere.vertices), 2), np.float32), np.zeros((4, 4, 3), np.uint8))
+    assert _coverage_error(truth, inputs, calib) < 0.1
 
 
 def test_starting_mesh_is_fusion_at_the_face_budget(case):
