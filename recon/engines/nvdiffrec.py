@@ -109,8 +109,9 @@ class NvdiffrecSettings:
     time_budget_s: float = 120.0
     ssim_in_texture_stage: bool = False  # SSIM at the input resolution is costly on CPU
     # The texture stage also fits outline pixels (partly covered, or in only one of the input
-    # and rendered masks), through the supersampled composite over the background.
-    texture_outline: bool = False
+    # and rendered masks), through the supersampled composite over the background (512 px:
+    # input PSNR fish +0.23, spot +0.05 dB; novel +0.03 / +0.01; no extra cost).
+    texture_outline: bool = True
     # Samples per pixel along each axis in the texture stage, box-filtered like an antialiased
     # camera: fitting one sample per pixel overfits the texture to pixel centres (measured: engine
     # PSNR 44 dB at the inputs, 32 dB in quality.json's supersampled renders).
