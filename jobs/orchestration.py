@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Mapping, TypedDict
 from uuid import UUID
 
 from prefect.client.schemas.filters import (
@@ -170,14 +170,29 @@ async def read_jobs_progress(client: "PrefectClient", job_ids: list[str]) -> dic
     return result
 
 
-async def read_flow_runs_by_id(client: "PrefectClient", ids: list[UUID]) -> dict[UUID, "FlowRun"]:
-    """Many flow runs by id with one request per 200 (the API's status watcher); a deleted run
-    is simply missing from the answer."""
+async def read_flow_runs_by_id(client: "PrefectClient", known: "Mapping[UUID, FlowRun]") -> dict[UUID, "FlowRun"]:
+    """The current flow runs of `known` (the API's status watcher), one request per 200 runs; a
+    deleted run is simply missing from the answer.
+
+    Why not `client.read_flow_runs`: it validates every row into a FlowRun, which for the 100
+    runs the watcher reads each second cost the API about 30 ms of CPU, most of its load. The
+    rows are read as plain JSON instead and only a run whose state changed (a new state id) is
+    validated; an unchanged one is answered with the `known` object (a state never changes
+    under its id)."""
+    from prefect.client.schemas.objects import FlowRun
+
+    ids = list(known)
     found: dict[UUID, "FlowRun"] = {}
     for start in range(0, len(ids), _PAGE):
         page = ids[start:start + _PAGE]
-        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page))
-        found.update((run.id, run) for run in runs)
+        flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=page)).model_dump(mode="json", exclude_unset=True)
+        response = await client.request("POST", "/flow_runs/filter", json={"flow_runs": flow_runs, "limit": len(page)})
+        for row in response.json():
+            run_id = UUID(row["id"])
+            old = known.get(run_id)
+            old_state = str(old.state.id) if old is not None and old.state is not None else None
+            state_id = (row.get("state") or {}).get("id")
+            found[run_id] = old if old is not None and state_id == old_state else FlowRun.model_validate(row)
     return found
 
 
