@@ -168,9 +168,14 @@ def submit(client: httpx.Client, files: list, model_type: str = "fusion") -> str
     return response.json()["job_id"]
 
 
-def cancel(client: httpx.Client, job_id: str) -> None:
-    client.post(f"/jobs/{job_id}/cancel").raise_for_status()
-    client.post(f"/jobs/{job_id}/cancel", json={"confirm": True}).raise_for_status()
+def cancel(client: httpx.Client, job_id: str, finished_ok: bool = False) -> None:
+    """Two-step cancel; with `finished_ok`, a job that already finished (400 JOB_NOT_READY) is
+    left as it is."""
+    for body in (None, {"confirm": True}):
+        response = client.post(f"/jobs/{job_id}/cancel", json=body)
+        if finished_ok and response.status_code == 400 and response.json()["error"]["code"] == "JOB_NOT_READY":
+            return
+        response.raise_for_status()
 
 
 def measure_upload(client: httpx.Client, api_pid: int) -> dict[str, Any]:
@@ -224,7 +229,7 @@ def prepare_job_mix(client: httpx.Client, prefect_api: str, small: list, sample:
     wait_state(prefect_api, running, {"RUNNING"}, 120)
     queued = [submit(client, small) for _ in range(CLIENTS - failed - 1)]
     for job_id in queued[:cancelled]:
-        cancel(client, job_id)
+        cancel(client, job_id, finished_ok=True)  # the worker may have run it already
     return failing + [running] + queued
 
 
