@@ -11,6 +11,8 @@ temporary directory, and measures on loopback:
   --poll-seconds, over a real mix of jobs: some failed and some cancelled (finished), one
   really running on the worker (the bundled sample, fusion; when it ends the worker starts the
   next queued job), the rest queued behind it. This is the load the spec implies for 100 users.
+  Each client's connection is opened (one GET) an interval before the timed polls, as a real
+  client polls on the keep-alive connection of its POST; `slowest` lists the worst 1 %.
 - status_latency.same_job_closed_loop (a THROUGHPUT figure, not the target): 100 clients on one
   job, each sending its next request as soon as the last one answered. Nothing real polls like
   this; its latency is just 100 / (requests per second) and says how much headroom one API
@@ -115,6 +117,7 @@ async def status_load(base: str, api_pid: int, job_ids: list[str], per_client: i
     """CLIENTS concurrent pollers; client i polls job_ids[i % len(job_ids)] `per_client` times,
     every `interval` seconds (0: closed loop, the next request as soon as the last one answered)."""
     samples: list[float] = []
+    timeline: list[tuple[float, float, str | None]] = []  # (sent at, latency, job status) per request
     errors: list[str] = []
     seen: dict[str, dict[str, int]] = {"first": {}, "last": {}}  # job statuses the clients saw
     # One AsyncClient (one connection) per simulated client, as 100 real clients would have: a
@@ -141,17 +144,21 @@ async def status_load(base: str, api_pid: int, job_ids: list[str], per_client: i
                 continue
             elapsed = time.perf_counter() - t0
             samples.append(elapsed)
+            timeline.append((t0 - started, elapsed, status))
             if interval:
                 await asyncio.sleep(max(0.0, interval - elapsed))
         if status:
             seen["last"][status] = seen["last"].get(status, 0) + 1
 
     try:
-        if not interval:  # closed loop: open the connections first, so setup is not counted
-            await asyncio.gather(*(c.get(f"/jobs/{job_ids[i % len(job_ids)]}") for i, c in enumerate(clients)))
-        t0, cpu0 = time.perf_counter(), cpu_seconds(api_pid)
+        # Open the connections first, so setup is not counted: a real client polls on the
+        # keep-alive connection of its POST /jobs (the API keeps idle ones for 75 s).
+        await asyncio.gather(*(c.get(f"/jobs/{job_ids[i % len(job_ids)]}") for i, c in enumerate(clients)))
+        if interval:
+            await asyncio.sleep(interval)  # the pollers' own first polls start one interval later
+        started, cpu0 = time.perf_counter(), cpu_seconds(api_pid)
         await asyncio.gather(*(one_client(i) for i in range(CLIENTS)))
-        wall, cpu = time.perf_counter() - t0, cpu_seconds(api_pid) - cpu0
+        wall, cpu = time.perf_counter() - started, cpu_seconds(api_pid) - cpu0
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
     out = {**percentiles(samples), "errors": len(errors), "error_kinds": sorted(set(errors)),
@@ -159,6 +166,10 @@ async def status_load(base: str, api_pid: int, job_ids: list[str], per_client: i
            "api_cpu_ms_per_request": round(1000 * cpu / max(1, len(samples)), 3)}
     if interval:
         out["job_statuses_seen"] = seen
+        # Where the tail is: the slowest 1 % with when they were sent (s into the run) and the
+        # status their job had, so a burst (one pause of the API) shows as close send times.
+        slowest = sorted(timeline, key=lambda t: -t[1])[:max(1, len(timeline) // 100)]
+        out["slowest"] = [[round(at, 2), round(ms * 1000, 1), status] for at, ms, status in sorted(slowest)]
     return out
 
 
