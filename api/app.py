@@ -45,11 +45,8 @@ def _freeze_startup_objects() -> None:
     """Exempt everything alive after start-up (FastAPI, Prefect, pydantic: ~130k objects) from
     the cyclic garbage collector. Unfrozen, a full collection scanned them all, a 260-340 ms
     pause of the event loop (measured under load by bench/api_load.py) that every status poll
-    in flight waited out; what requests allocate later is still collected. The modules that
-    routes import on first use are imported first, so that they are frozen too."""
-    import PIL.Image  # noqa: F401  (api/uploads.py)
-    import prefect.deployments  # noqa: F401  (api/routes/submit.py)
-
+    in flight waited out; what requests allocate later is still collected. (Routes import
+    their modules at the top, so those are frozen too.)"""
     gc.collect()
     gc.freeze()
 

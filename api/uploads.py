@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 

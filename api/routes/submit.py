@@ -8,6 +8,7 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from prefect.deployments import arun_deployment
 
 from api.context import ApiContext, get_context
 from api.errors import request_id_of
@@ -108,7 +109,6 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -
 
 async def _create_flow_run(ctx: ApiContext, job_id: str, model_type: str):  # -> FlowRun
     """The job's flow run: named after the job, tagged with it, returned at once (timeout=0)."""
-    from prefect.deployments import arun_deployment
 
     try:
         return await arun_deployment(
