@@ -738,9 +738,10 @@ def _texture_stage(
         cover = F.avg_pool2d(hit[:, None], k)[:, 0]
         uv = backend.interpolate(problem.uv, rast, tri)
         gain = params.gains()[:, None, None, :]
-        fit = (targets.mask > 0.999) & (cover > 0.999)
         if s.texture_outline:  # quality.json's object pixels: either mask
             fit = (targets.mask > 0.5) | (cover >= 0.5)
+        else:  # fully covered in both
+            fit = (targets.mask > 0.999) & (cover > 0.999)
         backdrop = targets.background[:, None, None, :] * (1.0 - hit[..., None])
         # Without mipmaps a lookup needs only its own uv, so only the samples that hit the mesh
         # (a third of the frame or less) are looked up: [1,1,N,2]. Mip levels need the image.
