@@ -268,10 +268,11 @@ def measure_submit_to_running(client: httpx.Client, prefect_api: str, rounds: in
 
 
 def wait_idle(prefect_api: str, timeout: float = 180) -> int:
-    """Until no flow run is pending or running (the worker has nothing to do); returns how many
-    still are when `timeout` is over."""
+    """Until no flow run is pending, running or cancelling (the worker has nothing to do, and no
+    run holds the pool's slot: a Cancelling run still does); returns how many still are when
+    `timeout` is over."""
     deadline = time.monotonic() + timeout
-    body = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}}, "limit": 50}
+    body = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}}, "limit": 50}
     busy: list = []
     while time.monotonic() < deadline:
         busy = httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=10).json()

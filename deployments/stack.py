@@ -170,11 +170,16 @@ def start_prefect_server(home: Path, port: int, log_dir: Path, ui: bool = True, 
 
 def start_worker(home: Path, api_url: str, pool: str, log_dir: Path, env_extra: dict[str, str] | None = None,
                  query_seconds: float = WORKER_QUERY_SECONDS, name: str = "worker") -> ManagedProcess:
-    """A process worker polling `pool`; its flow runs inherit its environment (RECON_* settings)."""
+    """A process worker polling `pool`; its flow runs inherit its environment (RECON_* settings).
+
+    The worker runs under deployments/warm_engine.py's server, which forks its flow runs from an
+    interpreter that has Prefect imported (seconds sooner RUNNING); the returned process is that
+    server, whose process group holds the worker too."""
     env = prefect_env(home, api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
                       PREFECT_WORKER_PREFETCH_SECONDS="5", **(env_extra or {}))
-    return spawn(name, [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process",
-                        "--name", f"{name}-{os.getpid()}"], env, log_dir)
+    worker = [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process",
+              "--name", f"{name}-{os.getpid()}"]
+    return spawn(name, [sys.executable, "-m", "deployments.warm_engine", "serve", "--", *worker], env, log_dir)
 
 
 def wait_worker_online(api_url: str, pool: str, proc: ManagedProcess, timeout: float = 60.0) -> None:
@@ -202,7 +207,9 @@ def start_api(home: Path, api_url: str, host: str, port: int, log_dir: Path, env
 
 def flow_run_pids(flow_run_id: str) -> list[int]:
     """Local processes executing a flow run (the process worker passes the run's id in their
-    environment; they run in their own process group, so stopping a worker does not reach them)."""
+    environment). With deployments/warm_engine.py that is the launcher the worker started: the
+    engine forked for it has the server's original environment, but it forwards the launcher's
+    signals, and dies when the launcher is killed."""
     marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
     pids = []
     for entry in os.listdir("/proc"):
