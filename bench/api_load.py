@@ -268,14 +268,17 @@ def measure_submit_to_running(client: httpx.Client, prefect_api: str, rounds: in
 
 
 def wait_idle(prefect_api: str, timeout: float = 180) -> int:
-    """Until no flow run is pending, running or cancelling (the worker has nothing to do, and no
-    run holds the pool's slot: a Cancelling run still does); returns how many still are when
-    `timeout` is over."""
+    """Until no flow run is pending, running or being stopped (the worker has nothing to do, and
+    no process holds the pool's slot: a Cancelling run that ran still does); returns how many
+    still are when `timeout` is over. A run cancelled in the moment between the worker's pickup
+    and its start stays Cancelling, without a process, until Prefect expires it minutes later:
+    it does not count."""
     deadline = time.monotonic() + timeout
-    body = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}}, "limit": 50}
+    body = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}}, "limit": 200}
     busy: list = []
     while time.monotonic() < deadline:
-        busy = httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=10).json()
+        runs = httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=10).json()
+        busy = [r for r in runs if r["state"]["type"] != "CANCELLING" or r["start_time"]]
         if not busy:
             break
         time.sleep(0.5)
