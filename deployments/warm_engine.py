@@ -222,7 +222,13 @@ def _fork_child(conn: socket.socket) -> int | None:
     sys.stdout.flush()
     sys.stderr.flush()
     server = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # no process to spare: the launcher runs the engine itself
+        print(f"warm engine: fork failed: {exc!r}", file=sys.stderr, flush=True)
+        for fd in fds:
+            os.close(fd)
+        return None
     if pid == 0:  # never returns
         _become_engine(request, fds, server)
     for fd in fds:
