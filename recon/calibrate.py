@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from recon.coverage import colour_coverage
 from recon.errors import ValidationFailed
 from recon.hooks import Hooks
 from recon.projection import frame_half_size, project_points
@@ -381,6 +382,7 @@ def _bilinear(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
 
 
 SUBPIXEL_LEVEL = 0.4  # coverage at which the colour-derived contour matches 2048 px renders' one
+SUBPIXEL_CONTRAST = 0.15  # object-background colour distance below which colour tells no coverage
 
 
 def _subpixel_contour(rgb: np.ndarray, mask: np.ndarray, sdf: np.ndarray, ii: np.ndarray,
@@ -390,35 +392,21 @@ def _subpixel_contour(rgb: np.ndarray, mask: np.ndarray, sdf: np.ndarray, ii: np
 
     A binary mask puts the contour half a pixel outside every edge pixel's centre; its true
     place is where coverage crosses a half, and an antialiased view on a plain background gives
-    the coverage: how far the pixel's colour lies from the background toward the colour just
-    inside (`edge_coverage`). Each edge pixel's correction applies to the band within two
+    the coverage (`recon.coverage.colour_coverage`). Each edge pixel's correction applies to the band within two
     pixels of the contour nearest it. (The level is 0.4, not 0.5: measured against signed
     distances from 2048 px renders, 0.5 put the contour 0.08 px inside on every view of fish
     and penguin.)
     """
     edge = mask & ~_erode3(mask)
-    correction = np.where(edge, edge_coverage(rgb, mask) - SUBPIXEL_LEVEL - 0.5, 0.0)
+    alpha, strength = colour_coverage(rgb, mask.astype(np.float32))
+    alpha = np.where(strength > SUBPIXEL_CONTRAST**2, alpha, 1.0)  # no evidence: as the mask says
+    correction = np.where(edge, alpha - SUBPIXEL_LEVEL - 0.5, 0.0)
     _, (ni, nj) = ndimage.distance_transform_edt(~edge, return_indices=True)
     sdf = (sdf + np.where(np.abs(sdf) <= 2.0, correction[ni, nj], 0.0)).astype(np.float32)
     gy, gx = np.gradient(ndimage.gaussian_filter(sdf, 1.0))  # outward = -gradient
     norm = np.hypot(gx[ii, jj], gy[ii, jj]) + 1e-9
     step = sdf[ii, jj] / norm
     return sdf, (ii - step * gy[ii, jj], jj - step * gx[ii, jj])
-
-
-def edge_coverage(rgb: np.ndarray, mask: np.ndarray, contrast: float = 0.15) -> np.ndarray:
-    """Fraction of each mask pixel the object covers, from its colour: (colour - background)
-    projected onto (colour two pixels inside - background). Where object and background look
-    alike (a white flank on white) the colour says nothing and the pixel counts as covered."""
-    background = np.median(rgb[~mask], axis=0) if (~mask).any() else np.ones(3, np.float32)
-    interior = ndimage.binary_erosion(mask, iterations=2)
-    if not interior.any():
-        return mask.astype(np.float32)
-    _, (ni, nj) = ndimage.distance_transform_edt(~interior, return_indices=True)
-    inner = rgb[ni, nj] - background
-    cover = ((rgb - background) * inner).sum(-1) / np.maximum((inner * inner).sum(-1), 1e-9)
-    cover = np.where(np.abs(inner).max(-1) > contrast, np.clip(cover, 0.0, 1.0), 1.0)
-    return np.where(mask, cover, 0.0).astype(np.float32)
 
 
 def photo_error(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float]],

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon.coverage import background_colour, colour_coverage
 from recon.engines.fusion import FusionEngine
 from recon.errors import ConvergenceFailed, VramOOM
 from recon.hooks import Hooks
@@ -277,7 +278,7 @@ def targets_at(problem: Problem, long_side: int) -> Targets:
     depth = d_sum / v_frac.clamp_min(1e-6)
     image = _resample(images[..., :3], size, problem.device)
     background = torch.as_tensor(np.stack([
-        _background(im, m > 0) for im, m in zip(image.cpu().numpy(), mask[..., 0].cpu().numpy())
+        background_colour(im, m > 0) for im, m in zip(image.cpu().numpy(), mask[..., 0].cpu().numpy())
     ]), device=problem.device)
     flip = lambda t: torch.flip(t, dims=[1])  # noqa: E731 - image rows top-down -> bottom-up
     return Targets(
@@ -290,14 +291,6 @@ def targets_at(problem: Problem, long_side: int) -> Targets:
         depth=flip(depth[..., 0]),
         depth_valid=flip(v_frac[..., 0] > 0.999),
     )
-
-
-def _background(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A view's background colour [3]: the median away from the (dilated) object mask."""
-    from scipy.ndimage import binary_dilation
-
-    away = ~binary_dilation(mask, iterations=4)
-    return np.median(image[away], axis=0).astype(np.float32) if away.any() else np.ones(3, np.float32)
 
 
 def _signed_distance(masks: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -577,7 +570,7 @@ def coverage_targets(problem: Problem, long_side: int) -> CoverageTargets:
     """Input views are antialiased: an outline pixel's colour is coverage * object colour +
     (1 - coverage) * background. The object colour is taken from the nearest fully covered pixel
     and the background from pixels away from the mask, so the coverage follows per pixel."""
-    from scipy.ndimage import binary_dilation, binary_erosion, distance_transform_edt
+    from scipy.ndimage import binary_dilation, binary_erosion
 
     size = _stage_size(problem.inputs, long_side)
     masks = np.stack([m.astype(np.float32) for m in problem.inputs.masks])[..., None]
@@ -586,21 +579,12 @@ def coverage_targets(problem: Problem, long_side: int) -> CoverageTargets:
     cover = _resample(masks, size, torch.device("cpu")).numpy()[..., 0]
     alphas, weights, band = [], [], 0
     for image, frac in zip(images, cover):
-        near = binary_dilation(frac > 0, iterations=2)
-        solid = binary_erosion(frac > 0.999, iterations=1)
-        background = _background(image, frac > 0)
-        if not solid.any():
-            alphas.append(np.zeros(size, np.float32))
-            weights.append(np.zeros(size, np.float32))
-            continue
-        idx = distance_transform_edt(~solid, return_distances=False, return_indices=True)
-        contrast = background - image[idx[0], idx[1]]  # background - object colour
-        strength = (contrast**2).sum(axis=-1)
-        alpha = ((background - image) * contrast).sum(axis=-1) / np.maximum(strength, 1e-6)
-        alpha = np.where(solid, 1.0, np.where(near, np.clip(alpha, 0.0, 1.0), 0.0))
-        alphas.append(alpha.astype(np.float32))
-        weights.append(strength.astype(np.float32))
-        band += int((near & ~solid).sum())
+        alpha, strength = colour_coverage(image, frac)
+        alphas.append(alpha)
+        weights.append(strength)
+        solid = binary_erosion(frac > 0.999, iterations=1)  # colour_coverage's fitted band
+        if solid.any():
+            band += int((binary_dilation(frac > 0, iterations=2) & ~solid).sum())
     flip = lambda a: torch.flip(torch.as_tensor(np.stack(a)), dims=[1]).to(problem.device)  # noqa: E731
     return CoverageTargets(alpha=flip(alphas), weight=flip(weights), norm=float(max(band, 1)))
 
