@@ -10,8 +10,8 @@ once (cases and their plan come from bench/quality.py, cached under --work), the
 the reference, then finish_generated_mesh (alignment, conforming to the views, re-texturing).
 Printed per case as one JSON line, then a summary with each target met or missed:
 
-- Chamfer / F-score@1% of the aligned mesh against the truth (bench/quality.geometry_scores: the
-  mesh scaled back by true_distance / camera_distance(fov_est), % of the true bbox diagonal);
+- Chamfer / F-score@1% of the aligned mesh against the truth (bench/quality.geometry_scores: in
+  the rig's frame, % of the true bbox diagonal);
   `generator_chamfer_pct` is the stand-in's own error (noise + decimation) put back exactly;
 - input-view PSNR/SSIM (recon.metrics.quality_report, object pixels) of both engines and the gap;
 - alignment residuals and conforming displacements as quality.json reports them, whether the
@@ -78,8 +78,8 @@ def run_case(entry: dict, folder: Path, device: str, texture_size: int, seed: in
     ours = quality_report(mesh, inputs, calibration, backend, "reconviagen")
     theirs = quality_report(fusion, inputs, calibration, backend, "fusion")
     fov_est = float(calibration.fov_deg)
-    geometry = geometry_scores(mesh, truth, folder, fov_est)
-    fusion_geometry = geometry_scores(fusion, truth, folder, fov_est)
+    geometry = geometry_scores(mesh, truth, folder, entry["fov"], fov_est)
+    fusion_geometry = geometry_scores(fusion, truth, folder, entry["fov"], fov_est)
     reported = mesh.info["alignment"]
     return {
         "case": entry["case"], "fov_true": entry["fov"], "fov_est": round(fov_est, 2),
