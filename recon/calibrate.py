@@ -308,8 +308,7 @@ class RimScorer:
                  fine: int = 17, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         self.steps, self.fine = steps, fine
-        own_size = res >= max(inputs.masks[0].shape)
-        self.subpixel = own_size
+        self.subpixel = res >= max(inputs.masks[0].shape)  # masks at the views' own size
         res = min(res, max(inputs.masks[0].shape))  # 512 px masks: 2048 px views gave a plateau
         self.masks = [_downsample_mask(m, res) for m in inputs.masks]  # of fovs 0.8 deg wide
         self.sdf = []
@@ -317,14 +316,14 @@ class RimScorer:
             inside = ndimage.distance_transform_edt(m)
             outside = ndimage.distance_transform_edt(~m)
             self.sdf.append(np.where(m, inside - 0.5, 0.5 - outside).astype(np.float32))  # + inside
-        if own_size:  # sub-pixel contours, and more of them: at 512 px the score is noisier
+        if self.subpixel:  # sub-pixel contours, and more of them: at 512 px the score is noisier
             samples *= 2
         self.pixels: list[tuple[np.ndarray, np.ndarray]] = []
         for m in self.masks:
             ii, jj = np.nonzero(m & ~_erode3(m))
             pick = rng.choice(ii.size, size=min(samples, ii.size), replace=False)
             self.pixels.append((ii[pick], jj[pick]))
-        if own_size:
+        if self.subpixel:
             for k, rgb in enumerate(inputs.images):
                 self.sdf[k], self.pixels[k] = _subpixel_contour(rgb, self.masks[k], self.sdf[k], *self.pixels[k])
 

@@ -19,6 +19,12 @@ def background_colour(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.median(image[away], axis=0).astype(np.float32) if away.any() else np.ones(3, np.float32)
 
 
+def outline_band(cover: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(near, solid) for a mask coverage map: pixels within two pixels of the object, and fully
+    covered pixels one pixel inside. `colour_coverage` fits the pixels of near & ~solid."""
+    return binary_dilation(cover > 0, iterations=2), binary_erosion(cover > 0.999, iterations=1)
+
+
 def colour_coverage(image: np.ndarray, cover: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel coverage in [0, 1] and its reliability, for an (H, W, 3) view and its mask
     coverage `cover` (H, W; binary or box-filtered).
@@ -29,8 +35,7 @@ def colour_coverage(image: np.ndarray, cover: np.ndarray) -> tuple[np.ndarray, n
     Pixels well inside are 1, pixels more than two pixels outside 0; without fully covered
     pixels both maps are 0.
     """
-    near = binary_dilation(cover > 0, iterations=2)
-    solid = binary_erosion(cover > 0.999, iterations=1)
+    near, solid = outline_band(cover)
     if not solid.any():
         return np.zeros(cover.shape, np.float32), np.zeros(cover.shape, np.float32)
     background = background_colour(image, cover > 0)

@@ -119,6 +119,13 @@ class MeshRegulariser:
                 mark.scatter_reduce_(1, idx, on.to(mark.dtype), reduce="amax")
             return mark > 0
 
+    def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Area-weighted unit vertex normals [V,3]."""
+        v = vertices[self.faces]
+        cross = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=1)
+        acc = torch.zeros_like(vertices).index_add_(0, self.faces.reshape(-1), cross.repeat_interleave(3, dim=0))
+        return torch.nn.functional.normalize(acc, dim=1)
+
     def contour_edges(self, vertices: torch.Tensor, eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Seen from `eye` [3]: the edges [K,2] between a face turned towards it and one turned
         away (the mesh's contour), and per edge the third vertex of its front face [K], which

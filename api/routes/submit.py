@@ -109,7 +109,6 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -
 
 async def _create_flow_run(ctx: ApiContext, job_id: str, model_type: str):  # -> FlowRun
     """The job's flow run: named after the job, tagged with it, returned at once (timeout=0)."""
-
     try:
         return await arun_deployment(
             name=ctx.settings.deployment,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon.coverage import background_colour, colour_coverage
+from recon.coverage import background_colour, colour_coverage, outline_band
 from recon.engines.fusion import FusionEngine
 from recon.errors import ConvergenceFailed, VramOOM
 from recon.hooks import Hooks
@@ -570,8 +570,6 @@ def coverage_targets(problem: Problem, long_side: int) -> CoverageTargets:
     """Input views are antialiased: an outline pixel's colour is coverage * object colour +
     (1 - coverage) * background. The object colour is taken from the nearest fully covered pixel
     and the background from pixels away from the mask, so the coverage follows per pixel."""
-    from scipy.ndimage import binary_dilation, binary_erosion
-
     size = _stage_size(problem.inputs, long_side)
     masks = np.stack([m.astype(np.float32) for m in problem.inputs.masks])[..., None]
     images = _resample(np.stack(problem.inputs.images)[..., :3].astype(np.float32), size,
@@ -582,9 +580,9 @@ def coverage_targets(problem: Problem, long_side: int) -> CoverageTargets:
         alpha, strength = colour_coverage(image, frac)
         alphas.append(alpha)
         weights.append(strength)
-        solid = binary_erosion(frac > 0.999, iterations=1)  # colour_coverage's fitted band
+        near, solid = outline_band(frac)  # the pixels colour_coverage fits
         if solid.any():
-            band += int((binary_dilation(frac > 0, iterations=2) & ~solid).sum())
+            band += int((near & ~solid).sum())
     flip = lambda a: torch.flip(torch.as_tensor(np.stack(a)), dims=[1]).to(problem.device)  # noqa: E731
     return CoverageTargets(alpha=flip(alphas), weight=flip(weights), norm=float(max(band, 1)))
 
@@ -660,7 +658,7 @@ def _silhouette_stage(
     reg, tri, backend = problem.reg, problem.tri, problem.backend
     with torch.no_grad():
         start = params.welded(problem)
-        normals = _vertex_normals(reg, start)
+        normals = reg.vertex_normals(start)
     shift = torch.zeros(len(start), device=problem.device, requires_grad=True)
     along = problem.edge * normals
     # Only vertices that outline pixels pull this iteration move: Adam steps every parameter
@@ -691,14 +689,6 @@ def _silhouette_stage(
     with torch.no_grad():
         params.offsets += shift[:, None] * along / problem.edge
     return done
-
-
-def _vertex_normals(reg: MeshRegulariser, vertices: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals [V,3] of the (welded) mesh."""
-    v = vertices[reg.faces]
-    cross = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=1)
-    acc = torch.zeros_like(vertices).index_add_(0, reg.faces.reshape(-1), cross.repeat_interleave(3, dim=0))
-    return F.normalize(acc, dim=1)
 
 
 def _texture_stage(
