@@ -86,15 +86,13 @@ def launch(module: str = DEFAULT_MODULE) -> None:
 
 
 def _receive(sock: socket.socket) -> dict | None:
-    """One message of the server, or None once it closed the connection."""
-    while True:
-        try:
-            data = sock.recv(MAX_MESSAGE)
-        except InterruptedError:
-            continue
-        except OSError:
-            return None
-        return json.loads(data) if data else None
+    """One message of the server, or None once it closed the connection (a signal handled
+    meanwhile does not interrupt the wait: Python retries the call, PEP 475)."""
+    try:
+        data = sock.recv(MAX_MESSAGE)
+    except OSError:
+        return None
+    return json.loads(data) if data else None
 
 
 def _signal_quietly(pid: int, signum: int) -> None:
