@@ -39,6 +39,7 @@ class JobView:
     error: dict[str, Any] | None
     models: list[dict[str, Any]]
     state_name: str  # Prefect's state name, e.g. "Late", "Running", "Crashed"
+    stage: str | None = None  # pipeline stage of a processing job (GET /jobs/{id}/events)
 
     @property
     def job_id(self) -> str:
@@ -89,6 +90,20 @@ def _stage_details(record: JobRecord, progress: JobProgress) -> dict[str, Any]:
     elif progress.progress is not None:  # progress reported, no model started yet
         details["pipeline_stage"] = "validate"
     return details
+
+
+def active_stage(status: JobStatus, progress: JobProgress) -> str | None:
+    """The pipeline stage a processing job is in, from the models table: the running model's
+    stage, `validate` before any model started, `publish` once every model is done."""
+    if status != "processing":
+        return None
+    rows = progress.models or []
+    running = [r for r in rows if r.get("status") == "running"]
+    if running:
+        return running[0].get("stage") or "validate"
+    if rows and all(r.get("status") == "completed" for r in rows):
+        return "publish"
+    return "validate"
 
 
 def failure_error(record: JobRecord, run: "FlowRun | None", progress: JobProgress) -> dict[str, Any]:
@@ -155,6 +170,7 @@ def build_view(record: JobRecord, run: "FlowRun | None", progress: JobProgress) 
         record=record, run=run, status=status, progress=percent, current_model=current,
         updated_at=max(aware(t) for t in times),
         error=error, models=_model_rows(record, status, progress, error), state_name=state_label(state),
+        stage=active_stage(status, progress),
     )
 
 
