@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recon.errors import Cancelled, ReconError
 from recon.hooks import Hooks
+from recon.options import DEFAULT_FORMATS, MESH_FORMATS, ReconOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     rec.add_argument("--transforms", type=Path, default=None,
                      help="optional NeRF-style transforms.json with known cameras")
+    rec.add_argument("--target-faces", type=int, default=None,
+                     help="at most this many faces in the mesh (default: the engine's own budget)")
+    rec.add_argument("--texture-size", type=int, default=None,
+                     help="texture side in texels, a power of two (default: from the views' size)")
+    rec.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                     help=f"comma-separated mesh formats among {','.join(MESH_FORMATS)} "
+                          f"(default {','.join(DEFAULT_FORMATS)})")
     args = parser.parse_args(argv)
+    try:
+        options = ReconOptions(target_faces=args.target_faces, texture_size=args.texture_size,
+                               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    except ReconError as exc:
+        parser.error(exc.message)
 
     from tqdm import tqdm
 
@@ -41,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = reconstruct(args.views_dir, args.depths_dir, args.out_dir, engine=args.engine,
                                  hooks=Hooks(progress=progress), device=args.device,
-                                 transforms=args.transforms)
+                                 transforms=args.transforms, options=options)
         except ReconError as exc:
             bar.close()
             details = json.dumps(exc.details) if exc.details else ""

@@ -525,7 +525,7 @@ class Conformed:
 
 
 def conform_to_views(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, calibration: Calibration,
-                     *, hooks: Hooks = Hooks()) -> Conformed:
+                     *, max_faces: int = CONFORM_MAX_FACES, hooks: Hooks = Hooks()) -> Conformed:
     """Move an aligned mesh's surface, along its normals, onto the surface the views observed.
 
     A similarity cannot make a generated shape agree with six calibrated silhouettes to the
@@ -538,7 +538,7 @@ def conform_to_views(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, ca
     field along its normal within CONFORM_REACH_PCT; vertices with no crossing in reach (parts no
     view constrains, e.g. a cup's inside) keep the generated shape, blended into their snapped
     neighbours' displacement so the surface does not tear. The conformed mesh is decimated to
-    CONFORM_MAX_FACES (quadric: fine where curved, like the fusion mesh); uniform edges at that
+    `max_faces` (CONFORM_MAX_FACES unless the caller sets a target; quadric: fine where curved, like the fusion mesh); uniform edges at that
     budget lost 1 dB of input PSNR on the cup's thin rim.
     """
     from recon.geometry import SignedField, snap_contours
@@ -565,9 +565,9 @@ def conform_to_views(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, ca
     displacement = _fill_and_smooth(fine, offset[:, None] * normals, snapped)
     length = np.linalg.norm(displacement, axis=1)
     out = trimesh.Trimesh(fine.vertices + displacement, fine.faces, process=False)
-    if len(out.faces) > CONFORM_MAX_FACES:
+    if len(out.faces) > max_faces:
         hooks.progress(0.95, "decimating the conformed mesh")
-        out = out.simplify_quadric_decimation(face_count=CONFORM_MAX_FACES)
+        out = out.simplify_quadric_decimation(face_count=max_faces)
     # occluding contours onto the mask boundaries, as the fusion mesh's are (the field's zero
     # level sits up to a pixel inside the silhouettes)
     snap_contours(out, calibration.cameras, inputs.masks)

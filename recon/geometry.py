@@ -62,14 +62,25 @@ def fuse_geometry(
     mesh = clean_mesh(mesh)
     if len(mesh.faces) > face_budget:
         hooks.progress(0.85, "geometry: decimation")
-        # a little under budget: closing pinched edges after decimation adds a few faces
-        mesh = mesh.simplify_quadric_decimation(face_count=int(face_budget * 0.99))
-        mesh = clean_mesh(mesh)
+        mesh = _decimate(mesh, face_budget)
     hooks.progress(0.95, "geometry: smoothing")
     snap_contours(mesh, calibration.cameras, inputs.masks)
     smooth_keeping_contours(mesh, [cam.position for cam in calibration.cameras])
     hooks.progress(1.0, "geometry: done")
     return mesh
+
+
+def _decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:
+    """Quadric decimation to at most `face_budget` faces (a caller's target_faces is a limit):
+    closing pinched edges after decimation adds a few faces, so aim a little under and retry
+    lower in the rare case the cleanup still overshoots."""
+    aim = 0.99
+    for _ in range(4):
+        decimated = clean_mesh(mesh.simplify_quadric_decimation(face_count=max(4, int(face_budget * aim))))
+        if len(decimated.faces) <= face_budget:
+            return decimated
+        aim *= face_budget / len(decimated.faces) * 0.99
+    return decimated
 
 
 def contour_vertices(mesh: trimesh.Trimesh, centres: list[np.ndarray]) -> np.ndarray:

@@ -9,6 +9,7 @@ QUALITY_THRESHOLD_FAILED rule (PSNR < 20 dB or SSIM < 0.75 fails).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ BANDS = {
     "normal": {"psnr_min": 25.0, "ssim_min": 0.85},
     "warning": {"psnr_min": 20.0, "ssim_min": 0.75},
 }
+COMPARISON_MAX = 512  # long side of the per-view comparison images
 PSNR_CAP = 100.0  # identical images: report the cap instead of infinity (JSON has no inf)
 
 
@@ -131,6 +133,26 @@ def compare_view(rendered: np.ndarray, rendered_mask: np.ndarray, target: np.nda
     }
 
 
+def comparison_files(slot: str) -> tuple[str, str]:
+    return f"view_{slot}_input.png", f"view_{slot}_render.png"
+
+
+def write_comparison(out_dir: Path, slot: str, target: np.ndarray, rendered: np.ndarray) -> list[Path]:
+    """The pair one view's numbers compare (input composited over white, mesh re-rendered there),
+    at most COMPARISON_MAX pixels on the long side, for people to look at side by side."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    height, width = target.shape[:2]
+    scale = min(1.0, COMPARISON_MAX / max(width, height))
+    size = max(1, round(width * scale)), max(1, round(height * scale))
+    paths = []
+    for name, image in zip(comparison_files(slot), (target, rendered)):
+        pixels = np.clip(np.rint(area_resize(image, *size) * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(out / name)
+        paths.append(out / name)
+    return paths
+
+
 def quality_report(
     mesh: TexturedMesh,
     inputs: Inputs,
@@ -139,8 +161,12 @@ def quality_report(
     model: str,
     max_resolution: int = 1024,
     supersample: int = 2,
+    images_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The content of quality.json for `mesh` against the six input views (see module doc).
+
+    With `images_dir`, each view's compared pair is also written there as
+    view_{slot}_input.png and view_{slot}_render.png (`write_comparison`).
 
     Each view is rendered at min(view size, max_resolution) with supersample^2 samples per pixel
     (box filter), because input images are antialiased (by their renderer or camera, and by the
@@ -166,6 +192,8 @@ def quality_report(
         }
         entry["depth_error_pct"] = _depth_error_pct(mesh, calibration, i, backend, max_resolution,
                                                     diagonal)
+        if images_dir is not None:
+            write_comparison(images_dir, camera.slot, image, colour)
         views.append(entry)
 
     def mean(key: str) -> float | None:

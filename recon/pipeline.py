@@ -17,13 +17,25 @@ from recon.decode import decode_inputs
 from recon.errors import ModelFailed, ValidationFailed
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
+from recon.options import DEFAULT_FORMATS, ReconOptions
+from recon.rig import SLOTS
 from recon.types import Calibration, Inputs
 
-OUTPUT_FILES = ("mesh.glb", "mesh.obj", "mesh.mtl", "texture.png", "mesh.ply",
-                "preview_textured_0.png", "preview_textured_1.png", "preview_wireframe_0.png",
-                "preview_wireframe_1.png", "quality.json", "cameras.json")
-
 PREVIEW_MAX = 1024
+
+
+def output_files(formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[str, ...]:
+    """Every file a model's output folder holds when its mesh files are `formats`."""
+    from recon.export import mesh_files
+    from recon.metrics import comparison_files
+    from recon.preview import PREVIEW_FILES, TURNTABLE_FILE
+
+    comparisons = tuple(name for slot in SLOTS for name in comparison_files(slot))
+    return (*mesh_files(formats), *PREVIEW_FILES, TURNTABLE_FILE, "quality.json", "cameras.json",
+            *comparisons)
+
+
+OUTPUT_FILES = output_files()  # with the default formats (GLB, OBJ, PLY)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -47,8 +59,10 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
 
 
 def run_engine(name: str, inputs: Inputs, calibration: Calibration, hooks: Hooks = Hooks(),
-               device: str = "auto", weights_dir: Path | None = None) -> TexturedMesh:
-    """Run the engine `name`; MODEL_FAILED when it is unknown or cannot run on this host."""
+               device: str = "auto", weights_dir: Path | None = None,
+               options: ReconOptions = ReconOptions()) -> TexturedMesh:
+    """Run the engine `name` (with the caller's target_faces and texture_size); MODEL_FAILED
+    when it is unknown or cannot run on this host."""
     from recon.engines import get_engine
 
     engine = get_engine(name)
@@ -59,29 +73,35 @@ def run_engine(name: str, inputs: Inputs, calibration: Calibration, hooks: Hooks
     hooks.check()
     engine.load(weights_dir, resolved)
     start = time.perf_counter()
-    mesh = engine.run(inputs, calibration, hooks)
+    mesh = engine.run(inputs, calibration, hooks, options)
     mesh.info.setdefault("engine", {"name": engine.name, "version": engine.version})
     mesh.info.setdefault("timings", {})["engine_s"] = round(time.perf_counter() - start, 3)
     return mesh
 
 
 def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | Path,
-                   device: str = "auto", hooks: Hooks = Hooks()) -> list[Path]:
-    """Meshes (GLB, OBJ+MTL+PNG, PLY), the four previews and cameras.json into `out_dir`."""
+                   device: str = "auto", hooks: Hooks = Hooks(),
+                   formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    """The mesh files of `formats` (default GLB, OBJ+MTL+PNG, PLY), the four previews, the
+    turntable and cameras.json into `out_dir`."""
     from recon.export import export_mesh
-    from recon.preview import write_previews
+    from recon.preview import write_previews, write_turntable
     from recon.render import get_backend
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hooks.check()
-    paths = list(export_mesh(mesh, out))
+    paths = list(export_mesh(mesh, out, formats))
     hooks.progress(0.4, "export: meshes written")
     hooks.check()
+    backend = get_backend(resolve_device(device))
     # previews at the views' size, within [512, 1024]
     size = int(min(PREVIEW_MAX, max(512, calibration.cameras[0].width)))
-    paths += write_previews(mesh, out, get_backend(resolve_device(device)), calibration.fov_deg, size)
-    hooks.progress(0.9, "export: previews written")
+    paths += write_previews(mesh, out, backend, calibration.fov_deg, size)
+    hooks.progress(0.7, "export: previews written")
+    hooks.check()
+    paths.append(write_turntable(mesh, out, backend, calibration.fov_deg))
+    hooks.progress(0.9, "export: turntable written")
     cameras = out / "cameras.json"
     cameras.write_text(json.dumps(calibration.to_json(), indent=1, default=_json_default))
     paths.append(cameras)
@@ -91,14 +111,17 @@ def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | 
 
 def measure_quality(mesh: TexturedMesh, inputs: Inputs, calibration: Calibration,
                     out_dir: str | Path, model: str, device: str = "auto",
-                    hooks: Hooks = Hooks()) -> dict[str, Any]:
-    """Re-render the mesh at the input views, write quality.json and return its content."""
+                    hooks: Hooks = Hooks(), options: ReconOptions = ReconOptions()) -> dict[str, Any]:
+    """Re-render the mesh at the input views, write quality.json (with the options the result
+    was made with) and each view's input/render pair (view_{slot}_*.png); returns the report."""
     from recon.metrics import quality_report
     from recon.render import get_backend
 
     hooks.check()
     start = time.perf_counter()
-    report = quality_report(mesh, inputs, calibration, get_backend(resolve_device(device)), model)
+    report = quality_report(mesh, inputs, calibration, get_backend(resolve_device(device)), model,
+                            images_dir=Path(out_dir))
+    report["options"] = options.to_json()
     report["engine"] = mesh.info.get("engine", {"name": model})
     report["calibration"] = calibration_summary(calibration)
     timings = dict(mesh.info.get("timings", {}))
@@ -128,7 +151,8 @@ def write_quality(report: dict[str, Any], out_dir: str | Path) -> Path:
 
 def reconstruct(views: str | Path | Sequence[str | Path], depths: str | Path | Sequence[str | Path],
                 out_dir: str | Path, engine: str = "fusion", hooks: Hooks = Hooks(),
-                device: str = "auto", transforms: str | Path | None = None) -> dict[str, Any]:
+                device: str = "auto", transforms: str | Path | None = None,
+                options: ReconOptions = ReconOptions()) -> dict[str, Any]:
     """Every stage in order; `views`/`depths` are folders of PNGs or lists of files.
 
     Returns the quality report with `timings` per stage (also written to quality.json).
@@ -146,10 +170,12 @@ def reconstruct(views: str | Path | Sequence[str | Path], depths: str | Path | S
     inputs = timed("decode", load_inputs, _png_files(views), _png_files(depths), transforms)
     hooks.progress(0.03, "inputs decoded")
     calibration = timed("calibrate", calibrate, inputs, hooks.sub(0.03, 0.15))
-    mesh = timed("engine", run_engine, engine, inputs, calibration, hooks.sub(0.15, 0.8), device)
-    timed("export", export_outputs, mesh, calibration, out_dir, device, hooks.sub(0.8, 0.9))
+    mesh = timed("engine", run_engine, engine, inputs, calibration, hooks.sub(0.15, 0.8), device,
+                 options=options)
+    timed("export", export_outputs, mesh, calibration, out_dir, device, hooks.sub(0.8, 0.9),
+          options.formats)
     report = timed("quality", measure_quality, mesh, inputs, calibration, out_dir, engine, device,
-                   hooks.sub(0.9, 1.0))
+                   hooks.sub(0.9, 1.0), options)
     report["timings"] = {**report.get("timings", {}), **timings,
                          "total_s": round(time.perf_counter() - total, 3)}
     write_quality(report, out_dir)

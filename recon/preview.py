@@ -1,4 +1,5 @@
-"""Preview images of a reconstruction: textured and wireframe, from two three-quarter views.
+"""Preview images of a reconstruction: textured and wireframe, from two three-quarter views,
+and a turntable (animated WebP) of the textured mesh.
 
 Three-quarter views (azimuth 35 and 215 degrees, elevation 25) show sides no input camera looked
 at straight on, so a user sees at a glance whether the shape and texture hold up between views.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from recon.mesh import TexturedMesh
+from recon.render import single_threaded
 from recon.render.base import RenderBackend
 from recon.render.views import RenderedView, render_mesh
 from recon.rig import Camera, orbit_camera
@@ -21,15 +24,20 @@ PREVIEW_ANGLES = ((35.0, 25.0), (215.0, 25.0))  # (azimuth, elevation) in degree
 PREVIEW_FILES = tuple(
     f"preview_{kind}_{i}.png" for kind in ("textured", "wireframe") for i in range(len(PREVIEW_ANGLES))
 )
+TURNTABLE_FILE = "turntable.webp"
+TURNTABLE_SIZE, TURNTABLE_FRAMES, TURNTABLE_FRAME_MS = 384, 36, 80
+TURNTABLE_ELEVATION = 15.0  # degrees above the horizon
+TURNTABLE_QUALITY = 80  # lossy WebP quality
 _SURFACE_GREY = np.array([0.78, 0.80, 0.84], dtype=np.float32)
 _EDGE_COLOUR = np.array([0.12, 0.16, 0.30], dtype=np.float32)
 
 
-def preview_cameras(vertices: np.ndarray, fov_deg: float, resolution: int) -> list[Camera]:
+def preview_cameras(vertices: np.ndarray, fov_deg: float, resolution: int,
+                    angles: Sequence[tuple[float, float]] = PREVIEW_ANGLES) -> list[Camera]:
     """Orbit cameras far enough that the mesh's bounding sphere (about the origin) fits."""
     radius = float(np.linalg.norm(np.asarray(vertices), axis=1).max())
     distance = 1.08 * radius / math.sin(math.radians(fov_deg) / 2)
-    return [orbit_camera(az, el, fov_deg, resolution, resolution, distance) for az, el in PREVIEW_ANGLES]
+    return [orbit_camera(az, el, fov_deg, resolution, resolution, distance) for az, el in angles]
 
 
 def _shading(view: RenderedView, camera: Camera) -> np.ndarray:
@@ -67,23 +75,31 @@ def _edge_strength(view: RenderedView, camera: Camera, vertices: np.ndarray, fac
     return strength
 
 
+def _textured_image(mesh: TexturedMesh, backend: RenderBackend, camera: Camera) -> tuple[RenderedView, np.ndarray]:
+    """The shaded textured render on white, as float RGB, and the view it came from."""
+    view = render_mesh(backend, camera, mesh.vertices, mesh.faces, mesh.uv, mesh.texture, smooth_normals=True)
+    shade = _shading(view, camera)
+    return view, np.where(view.mask[..., None], view.color * shade, 1.0)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
 def render_previews(
     mesh: TexturedMesh, backend: RenderBackend, fov_deg: float, resolution: int = 1024
 ) -> dict[str, np.ndarray]:
     """The preview images as uint8 RGB arrays, keyed by file name (PREVIEW_FILES)."""
     images: dict[str, np.ndarray] = {}
     for i, camera in enumerate(preview_cameras(mesh.vertices, fov_deg, resolution)):
-        view = render_mesh(
-            backend, camera, mesh.vertices, mesh.faces, mesh.uv, mesh.texture, smooth_normals=True
-        )
+        view, textured = _textured_image(mesh, backend, camera)
         shade = _shading(view, camera)
         mask = view.mask[..., None]
-        textured = np.where(mask, view.color * shade, 1.0)
         edges = _edge_strength(view, camera, mesh.vertices, mesh.faces)[..., None]
         surface = _SURFACE_GREY * shade
         wire = np.where(mask, surface * (1 - edges) + _EDGE_COLOUR * edges, 1.0)
         for kind, image in (("textured", textured), ("wireframe", wire)):
-            images[f"preview_{kind}_{i}.png"] = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+            images[f"preview_{kind}_{i}.png"] = _to_uint8(image)
     return images
 
 
@@ -99,3 +115,20 @@ def write_previews(
         Image.fromarray(images[name]).save(out / name)
         paths.append(out / name)
     return paths
+
+
+def write_turntable(mesh: TexturedMesh, out_dir: Path, backend: RenderBackend, fov_deg: float,
+                    size: int = TURNTABLE_SIZE, frames: int = TURNTABLE_FRAMES) -> Path:
+    """turntable.webp: the textured mesh turning once about +Y, seen from a slight elevation,
+    framed and shaded as the previews, as a looping animated WebP (lossy: a few hundred KB
+    where PNG frames or a GIF's 256 colours would be larger or banded)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    angles = [(360.0 * k / frames, TURNTABLE_ELEVATION) for k in range(frames)]
+    with single_threaded(backend):
+        images = [Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera)[1]))
+                  for camera in preview_cameras(mesh.vertices, fov_deg, size, angles)]
+    path = out / TURNTABLE_FILE
+    images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], loop=0,
+                   duration=TURNTABLE_FRAME_MS, quality=TURNTABLE_QUALITY, method=4)
+    return path

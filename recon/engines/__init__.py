@@ -9,7 +9,9 @@ ReconViaGen package) never breaks the others. Each engine module defines `ENGINE
     weights: tuple[str, str] | None    # optional: (name, version) in the model store to load
     def unavailable_reason(device: str) -> str | None   # None when it can run on this host
     def load(weights_dir: Path | None, device: str) -> None   # idempotent; keeps weights resident
-    def run(inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh
+    def run(inputs: Inputs, calibration: Calibration, hooks: Hooks,
+            options: ReconOptions = ReconOptions()) -> TexturedMesh
+        # options: the caller's target_faces (an upper limit) and texture_size (recon/options.py)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Protocol
 from recon.errors import ModelFailed
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
+from recon.options import ReconOptions
 from recon.types import Calibration, Inputs
 
 ENGINE_MODULES: dict[str, str] = {
@@ -38,7 +41,8 @@ class Engine(Protocol):
 
     def load(self, weights_dir: Path | None, device: str) -> None: ...
 
-    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh: ...
+    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks,
+            options: ReconOptions = ReconOptions()) -> TexturedMesh: ...
 
 
 def get_engine(name: str) -> Engine:

@@ -12,6 +12,7 @@ import numpy as np
 from recon.geometry import fuse_geometry
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
+from recon.options import ReconOptions
 from recon.types import Calibration, Inputs
 
 MAX_RESOLUTION = 256  # voxels along the object's longest side (effective; sampled coarse-to-fine)
@@ -25,9 +26,12 @@ def resolution_for(inputs: Inputs) -> int:
     return int(min(MAX_RESOLUTION, max(96, max(inputs.image_size) // 2)))
 
 
-def texture_size_for(inputs: Inputs) -> int:
-    """Twice the views' size (six views share the atlas), as a power of two in [512, 2048]:
-    more texels than the views can fill only costs time and memory."""
+def texture_size_for(inputs: Inputs, requested: int | None = None) -> int:
+    """The caller's size when requested; else twice the views' size (six views share the atlas),
+    as a power of two in [512, 2048]: more texels than the views can fill only costs time and
+    memory."""
+    if requested:
+        return requested
     side = 2 * max(inputs.image_size)
     return int(min(max(512, 1 << (side - 1).bit_length()), MAX_TEXTURE_SIZE))
 
@@ -48,19 +52,20 @@ class FusionEngine:
         """No weights; remembers the device whose renderer texture baking uses."""
         self.device = device
 
-    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh:
+    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks,
+            options: ReconOptions = ReconOptions()) -> TexturedMesh:
         from recon.render import get_backend
         from recon.texture import bake_texture
 
         start = time.perf_counter()
         resolution = resolution_for(inputs)
-        mesh = fuse_geometry(inputs, calibration, resolution=resolution, face_budget=FACE_BUDGET,
+        mesh = fuse_geometry(inputs, calibration, resolution=resolution, face_budget=options.face_budget(FACE_BUDGET),
                              hooks=hooks.sub(0.0, 0.5))
         geometry_s = time.perf_counter() - start
         hooks.check()
         textured = bake_texture(
             np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int32),
-            inputs, calibration, texture_size=texture_size_for(inputs), backend=get_backend(self.device),
+            inputs, calibration, texture_size=texture_size_for(inputs, options.texture_size), backend=get_backend(self.device),
             hooks=hooks.sub(0.5, 1.0),
         )
         textured.info.update({

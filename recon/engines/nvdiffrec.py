@@ -45,6 +45,7 @@ from recon.hooks import Hooks
 from recon.losses import MeshRegulariser, masked_mean, psnr, ssim_map
 from recon.mesh import TexturedMesh
 from recon.optim import Adam
+from recon.options import ReconOptions
 from recon.render.base import RenderBackend
 from recon.rig import Camera
 from recon.types import Calibration, Inputs
@@ -850,20 +851,27 @@ def refine(
 
 
 def starting_mesh(inputs: Inputs, calibration: Calibration, backend: RenderBackend,
-                  settings: NvdiffrecSettings, hooks: Hooks = Hooks()) -> TexturedMesh:
+                  settings: NvdiffrecSettings, hooks: Hooks = Hooks(),
+                  options: ReconOptions = ReconOptions()) -> TexturedMesh:
     """The fusion result (geometry and baked texture) with `settings.face_budget` faces: the
-    same stages as the fusion engine, with the face budget chosen for the optimisation."""
+    same stages as the fusion engine, with the face budget chosen for the optimisation.
+
+    A caller's target_faces is an upper limit: it replaces fusion's budget (settings 0, CUDA),
+    but never raises the smaller CPU budget, where every joint iteration's cost grows with the
+    faces. Refinement moves vertices only, so the result keeps this face count."""
     from recon.engines import fusion
     from recon.geometry import fuse_geometry
     from recon.texture import bake_texture
 
-    budget = settings.face_budget or fusion.FACE_BUDGET
+    budget = settings.face_budget or options.face_budget(fusion.FACE_BUDGET)
+    if options.target_faces:
+        budget = min(budget, options.target_faces)
     geometry = fuse_geometry(inputs, calibration, resolution=fusion.resolution_for(inputs),
                              face_budget=budget, hooks=hooks.sub(0.0, 0.5))
     hooks.check()
     return bake_texture(
         np.asarray(geometry.vertices, dtype=np.float32), np.asarray(geometry.faces, dtype=np.int32),
-        inputs, calibration, texture_size=fusion.texture_size_for(inputs), backend=backend,
+        inputs, calibration, texture_size=fusion.texture_size_for(inputs, options.texture_size), backend=backend,
         hooks=hooks.sub(0.5, 1.0),
     )
 
@@ -876,12 +884,15 @@ class NvdiffrecEngine(FusionEngine):
     name = "nvdiffrec"
     version = "1.0.0"
 
-    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh:
+    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks,
+            options: ReconOptions = ReconOptions()) -> TexturedMesh:
         from recon.render import get_backend
 
         backend = get_backend(self.device)
         settings = NvdiffrecSettings.for_device(backend.device.type)
-        base = starting_mesh(inputs, calibration, backend, settings, hooks.sub(0.0, 0.4))
+        if options.texture_size:  # the caller's size wins over RECON_NVDIFFREC_TEXTURE_SIZE
+            settings = dataclasses.replace(settings, texture_size=options.texture_size)
+        base = starting_mesh(inputs, calibration, backend, settings, hooks.sub(0.0, 0.4), options)
         hooks.check()
         mesh = refine(base, inputs, calibration, backend=backend, settings=settings,
                       hooks=hooks.sub(0.4, 1.0))

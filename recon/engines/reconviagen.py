@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from recon.align import Alignment, align_to_rig, apply_alignment, conform_to_views
+from recon.align import CONFORM_MAX_FACES, Alignment, align_to_rig, apply_alignment, conform_to_views
 from recon.errors import ModelFailed, VramOOM
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
+from recon.options import ReconOptions
 from recon.render.base import RenderBackend
 from recon.types import Calibration, Inputs
 
@@ -50,6 +51,7 @@ def finish_generated_mesh(
     *,
     vertex_colors: np.ndarray | None = None,
     texture_size: int = 2048,
+    max_faces: int = CONFORM_MAX_FACES,
     backend: RenderBackend | None = None,
     hooks: Hooks = Hooks(),
 ) -> TexturedMesh:
@@ -66,7 +68,8 @@ def finish_generated_mesh(
     alignment: Alignment = align_to_rig(vertices, faces, inputs, calibration, hooks=hooks.sub(0.0, 0.3))
     aligned_v, aligned_f = apply_alignment(vertices, faces, alignment)
     align_s = time.perf_counter() - started
-    conformed = conform_to_views(aligned_v, aligned_f, inputs, calibration, hooks=hooks.sub(0.3, 0.45))
+    conformed = conform_to_views(aligned_v, aligned_f, inputs, calibration, max_faces=max_faces,
+                                 hooks=hooks.sub(0.3, 0.45))
     conform_s = time.perf_counter() - started - align_s
     fallback = None if vertex_colors is None else np.asarray(vertex_colors)[conformed.source_vertex]
     mesh = bake_texture(
@@ -168,7 +171,8 @@ class ReconViaGenEngine:
             raise
         self._pipeline, self._loaded_from, self._device = pipeline, weights_dir, device
 
-    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks) -> TexturedMesh:
+    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks,
+            options: ReconOptions = ReconOptions()) -> TexturedMesh:
         if self._pipeline is None:
             raise ModelFailed("ReconViaGen is not loaded", model=self.name, pipeline_stage="inference")
         from PIL import Image
@@ -196,6 +200,8 @@ class ReconViaGenEngine:
         generate_s = time.perf_counter() - started
         hooks.progress(0.5, "aligning and re-texturing")
         mesh = finish_generated_mesh(vertices, faces, inputs, calibration, vertex_colors=vertex_colors,
+                                     texture_size=options.texture_size or 2048,
+                                     max_faces=options.face_budget(CONFORM_MAX_FACES),
                                      backend=get_backend(self._device),
                                      hooks=hooks.sub(0.5, 1.0))
         mesh.info["engine"] = {"name": self.name, "version": self.version, "weights": list(self.weights)}

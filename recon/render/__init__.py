@@ -7,6 +7,9 @@ live in `recon.render.views` and are written once against `RenderBackend`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from recon.render.base import RenderBackend
 
 _BACKENDS: dict[str, RenderBackend] = {}
@@ -40,3 +43,20 @@ def get_backend(device: str = "auto") -> RenderBackend:
 
 
 __all__ = ["RenderBackend", "get_backend"]
+
+
+@contextmanager
+def single_threaded(backend: RenderBackend) -> Iterator[None]:
+    """Torch on one thread while rendering many small frames on the CPU backend: on shared cores
+    torch's thread pool spins on every small op and made such loops several times slower."""
+    if backend.device.type != "cpu":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
