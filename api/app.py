@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api.context import ApiContext
 from api.errors import install_error_handling
-from api.routes import cancel, download, health, status, submit
+from api.routes import cancel, docs, download, health, status, submit, ui
 from jobs.settings import Settings, get_settings
 from jobs.storage import get_store
 
@@ -71,9 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 await context.views.stop()
 
-    app = FastAPI(title="3D reconstruction API", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url None: FastAPI's own pages load their assets from a CDN; api/routes/docs.py serves them.
+    app = FastAPI(title="3D reconstruction API", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
-    for module in (health, submit, status, cancel, download):
+    for module in (health, submit, status, cancel, download, docs, ui):  # docs before ui: /static/docs
         app.include_router(module.router)
     _install_security(app, settings)
     install_error_handling(app)  # added last = outermost: request ids on every answer, 401/429 too

@@ -23,6 +23,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.routes import docs, ui
 from jobs.errors import ServiceError
 from jobs.settings import Settings
 
@@ -39,13 +40,20 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     if settings.rate_limit_per_minute > 0:
         app.add_middleware(SubmissionRateLimit, per_minute=settings.rate_limit_per_minute, keys=keys)
     if keys:  # added last = outermost: unauthenticated requests never count against a limit
-        app.add_middleware(ApiKeyAuth, keys=keys, open_paths=open_paths(app))
+        app.add_middleware(ApiKeyAuth, keys=keys, open_paths=open_paths(app), open_prefixes=open_prefixes())
 
 
 def open_paths(app: FastAPI) -> frozenset[str]:
-    """Paths that stay reachable without a key: the health check and the API documentation."""
-    paths = {"/health", app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
+    """Paths that stay reachable without a key: the health check, the API documentation and the
+    web pages (they hold no job data: the browser fetches that with the user's key)."""
+    paths = {"/health", app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url,
+             *docs.OPEN_PATHS, *ui.OPEN_PATHS}
     return frozenset(p for p in paths if p)
+
+
+def open_prefixes() -> tuple[str, ...]:
+    """Path prefixes that stay open: static files (page assets, docs assets) and job pages."""
+    return ui.OPEN_PREFIXES
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -84,13 +92,19 @@ def error_response(error: ServiceError, headers: dict[str, str] | None = None) -
 class ApiKeyAuth:
     """Reject every HTTP request outside `open_paths` that lacks a configured key (401)."""
 
-    def __init__(self, app: ASGIApp, keys: frozenset[str], open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: frozenset[str], open_paths: frozenset[str],
+                 open_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keys = keys
         self.open_paths = open_paths
+        self.open_prefixes = open_prefixes
+
+    def is_open(self, path: str) -> bool:
+        # ".." never opens a path: routing does not normalise it, but a prefix check must not rely on that
+        return path in self.open_paths or (path.startswith(self.open_prefixes) and ".." not in path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _request_path(scope) in self.open_paths:
+        if scope["type"] != "http" or self.is_open(_request_path(scope)):
             await self.app(scope, receive, send)
             return
         key = presented_key(Headers(scope=scope))
