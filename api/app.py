@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api.context import ApiContext
 from api.errors import install_error_handling
-from api.routes import cancel, docs, download, health, status, submit, ui
+from api.routes import cancel, docs, download, events, files, health, status, submit, ui
 from jobs.settings import Settings, get_settings
 from jobs.storage import get_store
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="3D reconstruction API", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
-    for module in (health, submit, status, cancel, download, docs, ui):  # docs before ui: /static/docs
+    for module in (health, submit, status, cancel, download, events, files, docs, ui):  # docs before ui: /static/docs
         app.include_router(module.router)
     _install_security(app, settings)
     install_error_handling(app)  # added last = outermost: request ids on every answer, 401/429 too

@@ -29,12 +29,15 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def api_error(code: str, message: str | None = None, details: dict[str, Any] | None = None,
-              *, status: int | None = None) -> ServiceError:
+              *, status: int | None = None, headers: dict[str, str] | None = None) -> ServiceError:
     """A catalogue error, optionally answered with another HTTP status than the table's (the spec's
-    cancel endpoint answers JOB_NOT_READY with 400 where the table says 409)."""
+    cancel endpoint answers JOB_NOT_READY with 400 where the table says 409) and extra headers
+    (a 416's Content-Range)."""
     err = ServiceError(code, message, details)
     if status is not None:
         err.status_override = status  # type: ignore[attr-defined]
+    if headers:
+        err.response_headers = headers  # type: ignore[attr-defined]
     return err
 
 
@@ -43,8 +46,10 @@ def http_status_of(err: ServiceError) -> int:
 
 
 def error_response(err: ServiceError, request_id: str | None = None) -> JSONResponse:
-    headers = {"X-Request-ID": request_id} if request_id else None
-    return JSONResponse(err.to_response_body(), status_code=http_status_of(err), headers=headers)
+    headers = dict(getattr(err, "response_headers", None) or {})
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return JSONResponse(err.to_response_body(), status_code=http_status_of(err), headers=headers or None)
 
 
 def request_id_of(request: Request) -> str | None:

@@ -78,3 +78,10 @@ class CancelResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 409, 410, 422, 500, 503)
 }
+
+# Endpoints that answer a `Range` header (resumable downloads, api/ranges.py).
+RANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    206: {"description": "The requested byte range; Content-Range says which part of how many bytes"},
+    416: {"model": ErrorResponse, "description": "Range not satisfiable: VALIDATION_FAILED with details.range, "
+                                                 "and Content-Range: bytes */{size}"},
+}

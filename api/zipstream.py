@@ -4,15 +4,20 @@ memory stays at one chunk plus the compressor's window whatever the size of the 
 
 zipfile supports unseekable output (it writes data descriptors after each member), which is what
 makes this possible without building the archive in memory or in a temporary file.
+
+The same members give the same bytes on every request (one timestamp for every entry, the order
+the caller gives, fixed permissions): that is what lets a client resume a download with a Range.
 """
 
 from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
 COMPRESS_LEVEL = 6
+ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=timezone.utc)  # the earliest time a ZIP entry can carry
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,21 @@ class _Sink:
             yield data
 
 
-def stream_zip(members: Iterable[ZipMember]) -> Iterator[bytes]:
+def _entry(name: str, modified: datetime) -> zipfile.ZipInfo:
+    when = max(modified.astimezone(timezone.utc), ZIP_EPOCH)
+    info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info._compresslevel = COMPRESS_LEVEL  # type: ignore[attr-defined]  # what ZipFile.open(name) sets
+    info.external_attr = 0o644 << 16  # rw-r--r-- when unpacked
+    return info
+
+
+def stream_zip(members: Iterable[ZipMember], modified: datetime = ZIP_EPOCH) -> Iterator[bytes]:
+    """The archive's bytes; every entry is stamped `modified` (UTC), so equal inputs give equal bytes."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as archive:  # type: ignore[arg-type]
         for member in members:
-            with archive.open(member.name, "w", force_zip64=member.size >= 2**31 - 1) as out:
+            with archive.open(_entry(member.name, modified), "w", force_zip64=member.size >= 2**31 - 1) as out:
                 for chunk in member.chunks():
                     out.write(chunk)
                     yield from sink.drain()

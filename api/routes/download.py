@@ -1,22 +1,32 @@
 """GET /jobs/{job_id}/download: the job's results as one ZIP ({model}/mesh.glb ... and README.txt),
 streamed from the object store (api.zipstream). Every answer that is not a ZIP is the spec's:
 404 unknown job, 409 still queued or processing, 410 results deleted (retention, cancellation) or
-gone, 500 INCOMPLETE_RESULTS with the missing files, 500 with the job's own error when it failed."""
+gone, 500 INCOMPLETE_RESULTS with the missing files, 500 with the job's own error when it failed.
+
+Resumable: the ZIP is the same bytes on every request for the same results (api.zipstream; its
+ETag names them), so a single `Range` is answered 206 by generating the archive and skipping to
+the range. The archive's length, needed for Content-Range, is remembered per ETag from the first
+complete download, or measured once (one compression pass) when a range comes first."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+from collections import OrderedDict
+from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Annotated, Any, Iterable, Iterator
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
 
 from api.context import ApiContext, get_context
 from api.errors import api_error
 from api.job_view import JobView, iso
+from api.ranges import if_range_allows, requested_range, slice_chunks
 from api.routes.status import require_view
-from api.schemas import ERROR_RESPONSES
+from api.schemas import ERROR_RESPONSES, RANGE_RESPONSES
 from api.zipstream import ZipMember, stream_zip
 from jobs.errors import ServiceError
 from jobs.record import output_prefix
@@ -38,7 +48,8 @@ def expired(job_id: str, reason: str) -> ServiceError:
                         {"job_id": job_id, "reason": reason})
 
 
-def _check_ready(view: JobView) -> None:
+def check_ready(view: JobView) -> None:
+    """Raise the spec's answer for a job whose results cannot be served (409, 410, 500)."""
     job_id = view.job_id
     if view.status in ("queued", "processing"):
         raise ServiceError("JOB_NOT_READY", f"Job '{job_id}' is still processing ({view.progress}% complete)",
@@ -96,17 +107,89 @@ def _readme(view: JobView, outputs: dict[str, list[ObjectInfo]], store: ObjectSt
     return "\n".join(lines).encode()
 
 
-@router.get("/jobs/{job_id}/download", responses={**ERROR_RESPONSES, 200: {
+class _KnownLengths:
+    """ZIP length per ETag (bounded, thread-safe: full downloads record it from the thread pool)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._lengths: OrderedDict[str, int] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, etag: str) -> int | None:
+        with self._lock:
+            return self._lengths.get(etag)
+
+    def put(self, etag: str, length: int) -> None:
+        with self._lock:
+            self._lengths[etag] = length
+            self._lengths.move_to_end(etag)
+            while len(self._lengths) > self._limit:
+                self._lengths.popitem(last=False)
+
+
+_LENGTHS = _KnownLengths()
+
+
+def published_at(view: JobView) -> datetime:
+    """When the results were published: every ZIP entry's timestamp."""
+    times = [r.completed_at for r in view.record.results.values() if r.completed_at is not None]
+    return max(times) if times else view.updated_at
+
+
+def _etag(members: list[ZipMember], modified: datetime, readme: bytes) -> str:
+    """Names the archive's bytes: its entries (name, size), their timestamp and the README."""
+    digest = hashlib.sha256(modified.isoformat().encode())
+    for member in members:
+        digest.update(f"{member.name}\0{member.size}\n".encode())
+    digest.update(readme)
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def _counted(chunks: Iterable[bytes], etag: str) -> Iterator[bytes]:
+    """Pass the chunks on and remember their total once the archive was sent whole."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        yield chunk
+    _LENGTHS.put(etag, total)
+
+
+def _zip_length(members: list[ZipMember], modified: datetime, etag: str) -> int:
+    length = _LENGTHS.get(etag)
+    if length is None:
+        length = sum(len(chunk) for chunk in stream_zip(members, modified))
+        _LENGTHS.put(etag, length)
+    return length
+
+
+@router.get("/jobs/{job_id}/download", responses={**ERROR_RESPONSES, **RANGE_RESPONSES, 200: {
     "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
     "description": "ZIP with {model}/mesh.glb, mesh.obj, mesh.ply, texture.png, previews, quality.json and README.txt"}},
     response_class=StreamingResponse, summary="Download all job results as a single ZIP file")
-async def download(job_id: str, ctx: ApiContext = Depends(get_context)) -> StreamingResponse:
+async def download(
+    job_id: str,
+    ctx: ApiContext = Depends(get_context),
+    range_: Annotated[str | None, Header(alias="Range", description="One byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`) to resume a download")] = None,
+    if_range: Annotated[str | None, Header(description="The ETag of the partial copy: the Range applies only if the ZIP is still the same")] = None,
+) -> StreamingResponse:
     view = await require_view(ctx, job_id, fresh=True)
-    _check_ready(view)
+    check_ready(view)
     outputs = await ctx.io(_outputs, ctx.store, job_id, view.record.models)
     readme = await ctx.io(_readme, view, outputs, ctx.store)
     members = [ZipMember(f"{model}/{info.key.rsplit('/', 1)[-1]}", info.size, partial(ctx.store.iter_chunks, info.key))
                for model, files in outputs.items() for info in files]
     members.append(ZipMember("README.txt", len(readme), lambda: [readme]))
-    return StreamingResponse(stream_zip(members), media_type="application/zip",
-                             headers={"Content-Disposition": f"attachment; filename={job_id}.zip"})
+    modified = published_at(view)
+    etag = _etag(members, modified, readme)
+    headers = {"Content-Disposition": f"attachment; filename={job_id}.zip", "Accept-Ranges": "bytes", "ETag": etag}
+    if range_ and if_range_allows(if_range, etag):
+        size = await ctx.io(_zip_length, members, modified, etag)
+        wanted = requested_range(range_, size)
+        if wanted is not None:
+            headers.update({"Content-Range": wanted.content_range(size), "Content-Length": str(wanted.length)})
+            return StreamingResponse(slice_chunks(stream_zip(members, modified), wanted), status_code=206,
+                                     media_type="application/zip", headers=headers)
+    if (size := _LENGTHS.get(etag)) is not None:
+        headers["Content-Length"] = str(size)
+    return StreamingResponse(_counted(stream_zip(members, modified), etag), media_type="application/zip",
+                             headers=headers)
