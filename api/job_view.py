@@ -51,7 +51,8 @@ class JobView:
         return SPEC_STATE_NAMES[self.status]
 
     def status_body(self) -> dict[str, Any]:
-        """GET /jobs/{job_id}: exactly the spec's fields, plus `models` for model_type both."""
+        """GET /jobs/{job_id}: exactly the spec's fields, plus `models` for model_type both and
+        `options` for a job submitted with job options."""
         body: dict[str, Any] = {
             "job_id": self.job_id,
             "status": self.status,
@@ -63,6 +64,8 @@ class JobView:
         }
         if len(self.record.models) > 1:
             body["models"] = self.models
+        if not self.record.options.is_default():
+            body["options"] = self.record.options.echo()
         return body
 
     @cached_property

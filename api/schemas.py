@@ -63,6 +63,8 @@ class JobStatusResponse(BaseModel):
     updated_at: str
     error: ErrorObject | None
     models: list[ModelStatus] | None = Field(None, description="Only for model_type both: one entry per model")
+    options: dict[str, Any] | None = Field(
+        None, description="Only for jobs submitted with job options: the target_faces, texture_size and formats given")
 
 
 class CancelRequest(BaseModel):

@@ -65,7 +65,8 @@ class ParsedUpload:
 
     tmpdir: Path
     files: dict[str, list[UploadedFile]] = field(default_factory=dict)
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)  # the last value of each form field
+    values: dict[str, list[str]] = field(default_factory=dict)  # every value, for repeated fields
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -238,7 +239,9 @@ class _UploadReceiver:
 
     def _part_end(self) -> None:
         if self._value is not None:
-            self.upload.fields[self._value_name] = self._value.decode("utf-8", "replace")
+            value = self._value.decode("utf-8", "replace")
+            self.upload.fields[self._value_name] = value
+            self.upload.values.setdefault(self._value_name, []).append(value)
             self._value = None
             return
         if self._file is not None and self._fh is not None:

@@ -85,7 +85,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     """Reconstruct job `job_id` with the engines of `model_type` (see jobs.orchestration)."""
     from jobs.models import resolve_device
     from tasks.cancellation import CancelWatch
-    from tasks.context import JobRun
+    from tasks.context import JobRun, recon_options
     from tasks.export import export
     from tasks.failures import stage_error
     from tasks.inference import inference
@@ -101,15 +101,17 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     if model_type not in MODEL_TYPES:
         raise ServiceError("VALIDATION_FAILED", f"Unknown model_type '{model_type}'",
                            {"model_type": model_type, "allowed": sorted(MODEL_TYPES)})
-    if load_record(store, job_id) is None:
+    record = load_record(store, job_id)
+    if record is None:
         raise ServiceError("JOB_NOT_FOUND", f"Job '{job_id}' not found", {"job_id": job_id})
     models = list(engines_for(model_type))
     flow_run_id = get_run_context().flow_run.id
     run_key = str(flow_run_id)
     run = JobRun(job_id=job_id, settings=settings, store=store, progress=JobProgress(job_id, models),
                  watch=CancelWatch(flow_run_id), workdir=work_dir(settings.data_dir, job_id, run_key),
-                 device=resolve_device(settings.device))
-    logger.info("job %s: model_type=%s engines=%s device=%s reprocess=%s", job_id, model_type, models, run.device, reprocess)
+                 device=resolve_device(settings.device), options=recon_options(record.options))
+    logger.info("job %s: model_type=%s engines=%s device=%s reprocess=%s options=%s", job_id, model_type, models,
+                run.device, reprocess, record.options.echo())
     if not reprocess:
         update_record(store, job_id, lambda r: _mark_started(r, run_key, models))
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from jobs.options import JobOptions
 from jobs.storage import ObjectNotFound, ObjectStore
 
 JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -112,6 +113,7 @@ class JobRecord(BaseModel):
     model_type: str
     models: list[str]  # engines to run, in order (jobs.orchestration.engines_for(model_type))
     inputs: InputManifest = Field(default_factory=InputManifest)
+    options: JobOptions = Field(default_factory=JobOptions)  # what the client chose (jobs/options.py)
     flow_run_id: str | None = None
     cancel_requested_at: datetime | None = None
     cancelled_at: datetime | None = None

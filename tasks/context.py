@@ -12,9 +12,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from jobs.options import JobOptions
 from jobs.settings import Settings
 from jobs.storage import ObjectStore
 from recon.hooks import Hooks
+from recon.options import ReconOptions
 from tasks.cancellation import CancelWatch
 from tasks.failures import BACKOFF_FACTOR, RETRIES, retry_transient
 from tasks.progress import JobProgress
@@ -29,6 +31,7 @@ class JobRun:
     watch: CancelWatch
     workdir: Path  # per-run scratch directory, removed when the run ends
     device: str  # "cpu" or "cuda"
+    options: ReconOptions = ReconOptions()  # the job's options (record), as recon takes them
 
     def check(self) -> None:
         """Raise recon's `Cancelled` if the job was cancelled (called before every stage)."""
@@ -37,6 +40,12 @@ class JobRun:
     def hooks(self, model: str, stage: str) -> Hooks:
         """recon Hooks reporting `model`'s progress through `stage` and checking cancellation."""
         return self.progress.engine_hooks(model, stage, self.watch.should_cancel)
+
+
+def recon_options(options: JobOptions) -> ReconOptions:
+    """The job record's options as recon's engines and exporter take them."""
+    return ReconOptions(target_faces=options.target_faces, texture_size=options.texture_size,
+                        formats=options.mesh_formats())
 
 
 def stage_task(name: str, retries: int = RETRIES) -> Callable[[Callable[..., Any]], Any]:

@@ -1,5 +1,5 @@
-"""Stage 4 (per model): write meshes, texture, previews and cameras.json into the model's local
-output folder (recon.pipeline.export_outputs); nothing reaches the object store yet."""
+"""Stage 4 (per model): write the job's mesh formats, texture, previews, turntable and
+cameras.json into the model's local output folder (recon.pipeline.export_outputs); nothing reaches the object store yet."""
 
 from __future__ import annotations
 
@@ -18,4 +18,5 @@ def export(run: JobRun, model: str, mesh: TexturedMesh, calibration: Calibration
 
         run.check()
         run.progress.stage(model, "export", 0.0, f"{model}: exporting meshes and previews")
-        return pipeline.export_outputs(mesh, calibration, out_dir, device=run.device, hooks=run.hooks(model, "export"))
+        return pipeline.export_outputs(mesh, calibration, out_dir, device=run.device, hooks=run.hooks(model, "export"),
+                                       formats=run.options.formats)

@@ -19,4 +19,4 @@ def inference(run: JobRun, model: str, inputs: Inputs, calibration: Calibration,
         run.check()
         run.progress.stage(model, "inference", 0.0, f"{model}: reconstructing")
         return pipeline.run_engine(model, inputs, calibration, hooks=run.hooks(model, "inference"),
-                                   device=run.device, weights_dir=weights_dir)
+                                   device=run.device, weights_dir=weights_dir, options=run.options)

@@ -31,7 +31,7 @@ def metrics(run: JobRun, model: str, mesh: TexturedMesh, inputs: Inputs, calibra
         run.check()
         run.progress.stage(model, "metrics", 0.0, f"{model}: measuring quality")
         quality = pipeline.measure_quality(mesh, inputs, calibration, out_dir, model, device=run.device,
-                                           hooks=run.hooks(model, "metrics"))
+                                           hooks=run.hooks(model, "metrics"), options=run.options)
         summary = quality_summary(quality)
         if summary["status"] == "failure":
             raise ServiceError(

@@ -11,22 +11,27 @@ cancelled run therefore leaves the previous results (reprocess) or nothing (firs
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from jobs.errors import ServiceError
 from jobs.record import output_prefix, staging_prefix
 from jobs.storage import ObjectStore
+from recon.options import DEFAULT_FORMATS
 from tasks.context import JobRun, stage_task
 from tasks.failures import failing_as
 
-def missing_outputs(folder: Path) -> list[str]:
-    from recon.pipeline import OUTPUT_FILES  # lazy: see tasks/validate.py
+def missing_outputs(folder: Path, formats: Sequence[str] = DEFAULT_FORMATS) -> list[str]:
+    """The files a model with these mesh formats must have (recon.pipeline.output_files) that
+    `folder` lacks."""
+    from recon.pipeline import output_files  # lazy: see tasks/validate.py
 
-    return [name for name in OUTPUT_FILES if not (folder / name).is_file()]
+    return [name for name in output_files(formats) if not (folder / name).is_file()]
 
 
-def stage_model(store: ObjectStore, job_id: str, run_key: str, model: str, folder: Path) -> int:
+def stage_model(store: ObjectStore, job_id: str, run_key: str, model: str, folder: Path,
+                formats: Sequence[str] = DEFAULT_FORMATS) -> int:
     """Upload a model's complete output folder to the staging prefix; returns bytes uploaded."""
-    missing = missing_outputs(folder)
+    missing = missing_outputs(folder, formats)
     if missing:
         raise ServiceError("INCOMPLETE_RESULTS", f"Job '{job_id}' has incomplete results for '{model}'",
                            {"job_id": job_id, "model": model, "missing": missing})
@@ -59,7 +64,7 @@ def publish(store: ObjectStore, job_id: str, run_key: str) -> list[str]:
 @stage_task("stage_outputs")
 def stage_outputs(run: JobRun, model: str, run_key: str, folder: Path) -> int:
     with failing_as(model, "export"):
-        return stage_model(run.store, run.job_id, run_key, model, folder)
+        return stage_model(run.store, run.job_id, run_key, model, folder, run.options.formats)
 
 
 @stage_task("publish")

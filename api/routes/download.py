@@ -29,15 +29,16 @@ from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, RANGE_RESPONSES
 from api.zipstream import ZipMember, stream_zip
 from jobs.errors import ServiceError
+from jobs.options import JobOptions, required_files
 from jobs.record import output_prefix
 from jobs.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 router = APIRouter(tags=["jobs"])
 
-# What every model must have produced (spec's ZIP layout); texture.png, mesh.mtl and cameras.json
-# go into the ZIP when present.
+# What every model must have produced besides its mesh files (spec's ZIP layout: mesh.glb,
+# mesh.obj, mesh.ply, or the job's `formats`, jobs.options.required_files); every other file
+# (texture.png, mesh.mtl, turntable.webp, cameras.json, ...) goes into the ZIP when present.
 REQUIRED_FILES = (
-    "mesh.glb", "mesh.obj", "mesh.ply",
     "preview_textured_0.png", "preview_textured_1.png", "preview_wireframe_0.png", "preview_wireframe_1.png",
     "quality.json",
 )
@@ -63,7 +64,8 @@ def check_ready(view: JobView) -> None:
         raise expired(job_id, "results were deleted after the retention period")
 
 
-def _outputs(store: ObjectStore, job_id: str, models: list[str]) -> dict[str, list[ObjectInfo]]:
+def _outputs(store: ObjectStore, job_id: str, models: list[str],
+             options: JobOptions) -> dict[str, list[ObjectInfo]]:
     """Files of each model, or 410/500 when they are gone or incomplete."""
     found: dict[str, list[ObjectInfo]] = {m: [] for m in models}
     prefix = output_prefix(job_id)
@@ -73,7 +75,7 @@ def _outputs(store: ObjectStore, job_id: str, models: list[str]) -> dict[str, li
             found[model].append(info)
     if not any(found.values()):
         raise expired(job_id, "the job's output files are gone")
-    missing = [f"{m}/{f}" for m in models for f in REQUIRED_FILES
+    missing = [f"{m}/{f}" for m in models for f in (*required_files(options), *REQUIRED_FILES)
                if f not in {i.key.rsplit("/", 1)[-1] for i in found[m]}]
     if missing:
         raise ServiceError("INCOMPLETE_RESULTS", f"Job '{job_id}' has incomplete results",
@@ -174,7 +176,7 @@ async def download(
 ) -> StreamingResponse:
     view = await require_view(ctx, job_id, fresh=True)
     check_ready(view)
-    outputs = await ctx.io(_outputs, ctx.store, job_id, view.record.models)
+    outputs = await ctx.io(_outputs, ctx.store, job_id, view.record.models, view.record.options)
     readme = await ctx.io(_readme, view, outputs, ctx.store)
     members = [ZipMember(f"{model}/{info.key.rsplit('/', 1)[-1]}", info.size, partial(ctx.store.iter_chunks, info.key))
                for model, files in outputs.items() for info in files]

@@ -16,6 +16,7 @@ from api.job_view import iso
 from api.schemas import ERROR_RESPONSES, JobSubmitted
 from api.uploads import TRANSFORMS_FIELD, ParsedUpload, receive_upload
 from jobs.errors import ServiceError
+from jobs.options import FORMATS, MAX_FACES, MIN_FACES, TEXTURE_SIZES, parse_options
 from jobs.orchestration import DEFAULT_MODEL_TYPE, MODEL_TYPES, engines_for, run_tags
 from jobs.record import InputFile, InputManifest, JobRecord, input_key, input_prefix, load_record, new_job_id, record_key, save_record
 from jobs.storage import ObjectStore
@@ -74,6 +75,15 @@ _UPLOAD_DOC = {
                 "model_type": {"type": "string", "enum": list(MODEL_TYPES), "default": DEFAULT_MODEL_TYPE},
                 "transforms": {"type": "string", "format": "binary",
                                "description": "optional NeRF-style transforms.json with known cameras"},
+                "target_faces": {"type": "integer", "minimum": MIN_FACES, "maximum": MAX_FACES,
+                                 "description": "optional: at most this many faces in the mesh "
+                                                "(default: the engine's own budget)"},
+                "texture_size": {"type": "integer", "enum": list(TEXTURE_SIZES),
+                                 "description": "optional: texture side in texels (default: from the views' size)"},
+                "formats": {"type": "string", "example": "glb,stl",
+                            "description": "optional: mesh formats, comma-separated or a repeated field, "
+                                           f"among {', '.join(FORMATS)} (default glb,obj,ply); "
+                                           "obj adds mesh.mtl and texture.png, gltf adds mesh.bin and texture.png"},
             },
         }}},
     }
@@ -86,10 +96,12 @@ async def submit_job(request: Request, ctx: ApiContext = Depends(get_context)) -
     upload = await receive_upload(request, ctx.settings)
     try:
         model_type = _model_type(upload)
+        options = parse_options(upload.values)
         job_id = await ctx.io(_unused_job_id, ctx.store)
         try:
             manifest = await ctx.io(_store_inputs, ctx.store, job_id, upload)
-            record = JobRecord(job_id=job_id, model_type=model_type, models=list(engines_for(model_type)), inputs=manifest)
+            record = JobRecord(job_id=job_id, model_type=model_type, models=list(engines_for(model_type)),
+                               inputs=manifest, options=options)
             await ctx.io(save_record, ctx.store, record)
             run = await _create_flow_run(ctx, job_id, model_type)
         except BaseException:
