@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from api.png_inflate import PngDataError, check_image_data
 from jobs.errors import ServiceError
 from jobs.record import safe_filename
 from jobs.settings import Settings
@@ -94,6 +95,10 @@ def check_png(path: Path, max_pixels: int, label: str) -> tuple[int, int]:
                     width=width, height=height, max_pixels=max_pixels,
                 )
             img.verify()  # walks every chunk: catches truncation and corrupted chunks (CRC)
+        with open(path, "rb") as f:
+            check_image_data(f)  # inflates IDAT as a stream: corrupt or oversized pixel data
+    except PngDataError as exc:
+        raise bad(str(exc)) from None
     except ServiceError:
         raise
     except (UnidentifiedImageError, SyntaxError, OSError, ValueError, EOFError) as exc:
