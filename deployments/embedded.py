@@ -7,7 +7,8 @@ http://127.0.0.1:4200), the work pools and deployments (deployments/definitions.
 the `gpu` pool (concurrency = GPUs present, 1 on a CPU host) and one on `maintenance`, and the
 API on port 8000 with the filesystem store under data/store. Then it submits the bundled sample
 over HTTP, follows it with a progress line, downloads the ZIP into data/downloads/ and prints the
-quality summary, and keeps serving until Ctrl-C.
+quality summary, and keeps serving until Ctrl-C. It is a client of its own API like any other
+(recon_client): with RECON_API_KEYS set it sends one of those keys.
 
 No job is lost on Ctrl-C: runs that were executing are put back to Scheduled after the workers
 stop, and queued runs stay queued in the database; the next start picks both up.
@@ -29,7 +30,8 @@ import httpx
 from deployments import stack
 from deployments.definitions import MAINTENANCE_POOL, register
 from jobs.orchestration import WORK_POOL
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
+from recon_client import ReconClient
 
 PREFECT_PORT = 4200
 ZOMBIE_SECONDS = 90  # three missed 30 s heartbeats
@@ -135,45 +137,34 @@ class EmbeddedStack:
         say("stopped")
 
 
-def submit_sample(base: str, sample: Path, model_type: str) -> str:
-    views = sorted((sample / "views").glob("*.png"))
-    depths = sorted((sample / "depths").glob("*.png"))
-    files = [("views", (p.name, p.read_bytes(), "image/png")) for p in views]
-    files += [("depth_renders", (p.name, p.read_bytes(), "image/png")) for p in depths]
-    r = httpx.post(f"{base}/jobs", files=files, data={"model_type": model_type}, timeout=120)
-    if r.status_code != 200:
-        raise RuntimeError(f"POST /jobs answered {r.status_code}: {r.text}")
-    return r.json()["job_id"]
+def api_client(base: str, settings: Settings) -> ReconClient:
+    """A client of the stack's API that passes its authentication: the first configured key
+    (any of them is valid; sorted, so the choice is stable)."""
+    keys = sorted(settings.api_key_set)
+    return ReconClient(base, keys[0] if keys else "", timeout=120)
 
 
-def follow(base: str, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
-    """Poll the job until it finishes, redrawing one progress line."""
+def submit_sample(client: ReconClient, sample: Path, model_type: str) -> str:
+    return client.submit(sample / "views", sample / "depths", model_type)["job_id"]
+
+
+def follow(client: ReconClient, job_id: str) -> dict[str, Any]:
+    """Follow the job until it finishes (live events, else polling), redrawing one progress line."""
     last = ""
-    while True:
-        status = httpx.get(f"{base}/jobs/{job_id}", timeout=30).json()
+
+    def draw(status: dict[str, Any]) -> None:
+        nonlocal last
         bar = "#" * (int(status.get("progress") or 0) // 5)
         line = (f"\r[recon] job {job_id}: {status['status']:<10} [{bar:<20}] {status.get('progress') or 0:>3}%"
-                f"  {status.get('current_model') or ''}")
+                f"  {status.get('current_model') or ''} {status.get('stage') or ''}")
         if line != last:
             sys.stdout.write(line.ljust(len(last)))
             sys.stdout.flush()
             last = line
-        if status["status"] in ("completed", "failed", "cancelled"):
-            sys.stdout.write("\n")
-            return status
-        time.sleep(poll_s)
 
-
-def download(base: str, job_id: str, dest_dir: Path) -> Path:
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    path = dest_dir / f"{job_id}.zip"
-    with httpx.stream("GET", f"{base}/jobs/{job_id}/download", timeout=300) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"download answered {r.status_code}: {r.read().decode(errors='replace')}")
-        with open(path, "wb") as f:
-            for chunk in r.iter_bytes():
-                f.write(chunk)
-    return path
+    status = client.follow(job_id, draw, poll_seconds=1.0)
+    sys.stdout.write("\n")
+    return status
 
 
 def quality_lines(zip_path: Path) -> list[str]:
@@ -187,16 +178,16 @@ def quality_lines(zip_path: Path) -> list[str]:
     return lines
 
 
-def run_sample(base: str, sample: Path, model_type: str, downloads: Path) -> bool:
+def run_sample(client: ReconClient, sample: Path, model_type: str, downloads: Path) -> bool:
     t0 = time.monotonic()
-    job_id = submit_sample(base, sample, model_type)
+    job_id = submit_sample(client, sample, model_type)
     say(f"submitted {sample} as job {job_id} (model_type={model_type})")
-    status = follow(base, job_id)
+    status = follow(client, job_id)
     elapsed = time.monotonic() - t0
     if status["status"] != "completed":
         say(f"job {job_id} {status['status']} after {elapsed:.1f} s: {json.dumps(status.get('error'))}")
         return False
-    path = download(base, job_id, downloads)
+    path = client.download(job_id, downloads)
     say(f"job {job_id} completed in {elapsed:.1f} s; results: {path}")
     for line in quality_lines(path):
         say(f"quality {line}")
@@ -221,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         embedded.start()
         if not args.no_sample:
-            if not run_sample(embedded.api_base, args.sample, args.model_type, embedded.data_dir / "downloads"):
-                code = 1
+            with api_client(embedded.api_base, settings) as client:
+                if not run_sample(client, args.sample, args.model_type, embedded.data_dir / "downloads"):
+                    code = 1
         say(f"serving: API {embedded.api_base}, Prefect UI http://127.0.0.1:{args.prefect_port}; Ctrl-C stops")
         while (dead := embedded.check_alive()) is None:
             time.sleep(1.0)
