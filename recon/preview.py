@@ -17,7 +17,7 @@ from PIL import Image
 from recon.mesh import TexturedMesh
 from recon.render import single_threaded
 from recon.render.base import RenderBackend
-from recon.render.views import RenderedView, render_mesh
+from recon.render.views import RenderedView, render_mesh, vertex_normals
 from recon.rig import Camera, orbit_camera
 
 PREVIEW_ANGLES = ((35.0, 25.0), (215.0, 25.0))  # (azimuth, elevation) in degrees
@@ -75,9 +75,11 @@ def _edge_strength(view: RenderedView, camera: Camera, vertices: np.ndarray, fac
     return strength
 
 
-def _textured_image(mesh: TexturedMesh, backend: RenderBackend, camera: Camera) -> tuple[RenderedView, np.ndarray]:
+def _textured_image(mesh: TexturedMesh, backend: RenderBackend, camera: Camera,
+                    normals: np.ndarray) -> tuple[RenderedView, np.ndarray]:
     """The shaded textured render on white, as float RGB, and the view it came from."""
-    view = render_mesh(backend, camera, mesh.vertices, mesh.faces, mesh.uv, mesh.texture, smooth_normals=True)
+    view = render_mesh(backend, camera, mesh.vertices, mesh.faces, mesh.uv, mesh.texture,
+                       smooth_normals=True, normals=normals)
     shade = _shading(view, camera)
     return view, np.where(view.mask[..., None], view.color * shade, 1.0)
 
@@ -91,8 +93,9 @@ def render_previews(
 ) -> dict[str, np.ndarray]:
     """The preview images as uint8 RGB arrays, keyed by file name (PREVIEW_FILES)."""
     images: dict[str, np.ndarray] = {}
+    normals = vertex_normals(mesh.vertices, mesh.faces)
     for i, camera in enumerate(preview_cameras(mesh.vertices, fov_deg, resolution)):
-        view, textured = _textured_image(mesh, backend, camera)
+        view, textured = _textured_image(mesh, backend, camera, normals)
         shade = _shading(view, camera)
         mask = view.mask[..., None]
         edges = _edge_strength(view, camera, mesh.vertices, mesh.faces)[..., None]
@@ -125,8 +128,9 @@ def write_turntable(mesh: TexturedMesh, out_dir: Path, backend: RenderBackend, f
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     angles = [(360.0 * k / frames, TURNTABLE_ELEVATION) for k in range(frames)]
+    normals = vertex_normals(mesh.vertices, mesh.faces)
     with single_threaded(backend):
-        images = [Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera)[1]))
+        images = [Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera, normals)[1]))
                   for camera in preview_cameras(mesh.vertices, fov_deg, size, angles)]
     path = out / TURNTABLE_FILE
     images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], loop=0,

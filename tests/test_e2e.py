@@ -50,10 +50,10 @@ def api(stack_api: ApiServer) -> httpx.Client:
         yield client
 
 
-def submit(api: httpx.Client, case: Path, model_type: str) -> str:
+def submit(api: httpx.Client, case: Path, model_type: str, options: dict[str, str] | None = None) -> str:
     files = [("views", (p.name, p.read_bytes(), "image/png")) for p in sorted((case / "views").glob("*.png"))]
     files += [("depth_renders", (p.name, p.read_bytes(), "image/png")) for p in sorted((case / "depths").glob("*.png"))]
-    r = api.post("/jobs", files=files, data={"model_type": model_type})
+    r = api.post("/jobs", files=files, data={"model_type": model_type, **(options or {})})
     assert r.status_code == 200, r.text
     return r.json()["job_id"]
 

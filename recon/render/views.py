@@ -66,7 +66,7 @@ def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return (n / np.where(length > 0, length, 1.0)).astype(np.float32)
 
 
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted vertex normals (V, 3) float32 (unnormalised sums are fine for interpolation)."""
     f = np.asarray(faces, dtype=np.int64)
     n = _face_cross(vertices, faces)
@@ -87,12 +87,15 @@ def render_mesh(
     background: float = 1.0,
     filter_mode: str = "linear",
     smooth_normals: bool = False,
+    normals: np.ndarray | None = None,
 ) -> RenderedView:
     """Render `vertices`/`faces` into `camera` at (camera.height, camera.width).
 
     `uv` (V, 2) v-up and `texture` (T, T, 3) uint8 or float [0, 1] give `color`; background pixels
     of `color` are `background` (white by default, like the service's inputs). No antialiasing:
     every pixel shows exactly the triangle in `face_id` (callers that want smooth edges supersample).
+    `normals`: the mesh's `vertex_normals` for `smooth_normals`, when one mesh is rendered into many
+    cameras (computing them is most of a small frame's cost).
     """
     device = backend.device
     verts = np.asarray(vertices, dtype=np.float32)
@@ -114,7 +117,7 @@ def render_mesh(
         w2c = camera.w2c.astype(np.float32)
         attrs = [torch.as_tensor(-(verts @ w2c[2, :3] + w2c[2, 3])[:, None], device=device)]
         if smooth_normals:
-            attrs.append(torch.as_tensor(_vertex_normals(verts, faces), device=device))
+            attrs.append(torch.as_tensor(vertex_normals(verts, faces) if normals is None else normals, device=device))
         textured = uv is not None and texture is not None
         if textured:
             uv_t = torch.as_tensor(np.asarray(uv, dtype=np.float32), device=device)
