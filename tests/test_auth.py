@@ -89,6 +89,28 @@ def test_health_and_docs_stay_open(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_pages_and_their_assets_stay_open(client: httpx.Client) -> None:
+    """The web page, the job page, the docs and their files hold no job data: no key needed."""
+    for path in ("/", "/ui/config", "/ui/jobs/abcd1234", "/static/css/app.css", "/static/js/job.js",
+                 "/static/vendor/model-viewer/LICENSE", "/redoc", "/static/docs/redoc.standalone.js"):
+        assert client.get(path).status_code == 200, path
+    assert client.get("/ui/config").json()["auth_required"] is True
+    # The job data the pages fetch still needs the key.
+    assert_error(client.get("/jobs/abcd1234/events"), 401, "UNAUTHORIZED")
+    assert_error(client.get("/jobs/abcd1234/files/fusion/mesh.glb"), 401, "UNAUTHORIZED")
+
+
+def test_open_prefixes_never_open_a_dot_dot_path() -> None:
+    from api.auth import ApiKeyAuth
+    from api.routes import ui
+
+    auth = ApiKeyAuth(lambda *a: None, frozenset({KEY_A}), frozenset({"/health"}), ui.OPEN_PREFIXES)  # type: ignore[arg-type]
+    assert auth.is_open("/static/css/app.css") and auth.is_open("/ui/jobs/abcd1234")
+    assert not auth.is_open("/static/../jobs/abcd1234/download")
+    assert not auth.is_open("/ui/jobs/../../jobs/abcd1234")
+    assert not auth.is_open("/jobs/abcd1234")
+
+
 def test_submissions_are_rate_limited_per_client(client: httpx.Client) -> None:
     a = {"X-API-Key": KEY_A}
     for _ in range(LIMIT):

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.csp import csp_headers
+from jobs.options import DEFAULT_FORMATS, FORMATS, MAX_FACES, MIN_FACES, TEXTURE_SIZES
 from jobs.orchestration import DEFAULT_MODEL_TYPE, MODEL_TYPES
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -72,10 +73,10 @@ def page_config(request: Request) -> dict[str, Any]:
         "spec_default_model_type": DEFAULT_MODEL_TYPE,
         "page_model_type": PAGE_MODEL,
         "auth_required": bool(settings.api_key_set),
-        "options": {
-            "target_faces": {"min": 1000, "max": 500_000},
-            "texture_size": {"choices": [512, 1024, 2048, 4096]},
-            "formats": {"choices": ["glb", "obj", "ply", "stl", "gltf"], "default": ["glb", "obj", "ply"]},
+        "options": {  # jobs/options.py: what POST /jobs accepts
+            "target_faces": {"min": MIN_FACES, "max": MAX_FACES},
+            "texture_size": {"choices": list(TEXTURE_SIZES)},
+            "formats": {"choices": list(FORMATS), "default": list(DEFAULT_FORMATS)},
         },
     }
 
