@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 # pytest arguments, e.g. `make test PYTEST_ARGS="-k e2e -x"`
 PYTEST_ARGS ?=
 
-.PHONY: run test venv clean-data
+.PHONY: run test venv chromium clean-data
 
 venv: $(VENV)/.installed
 
@@ -29,8 +29,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.torch-$(TORCH_VERSIO
 run: venv
 	$(BIN)/python -m deployments.embedded
 
-test: venv
+test: venv chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# tests/test_browser.py drives Debian's chromium (never a browser download: the network is closed).
+# Installed with apt when missing; without apt the browser test skips and says why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get (for tests/test_browser.py)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+			|| echo "make chromium: apt-get could not install chromium; the browser test will be skipped" >&2; \
+	else \
+		echo "make chromium: no /usr/bin/chromium and no apt-get; the browser test will be skipped" >&2; \
+	fi
 
 # Wipe the embedded stack's state (Prefect database, stored jobs, caches) under ./data.
 clean-data:

@@ -25,9 +25,13 @@ function when(value) {
   return Number.isNaN(date.getTime()) ? value : date.toLocaleString();
 }
 
+// Every status shown, as "status/stage" (the browser test reads it to see live progress).
+window.jobTimeline = [];
+
 function showStatus(body) {
   const status = body.status;
   if ("stage" in body) stage = body.stage;
+  window.jobTimeline.push(`${status}/${status === "processing" ? stage : ""}/${body.progress}`);
   $("status-badge").textContent = status;
   $("status-badge").className = `badge ${status}`;
   document.title = `Job ${jobId} (${status}) - recon-service`;
@@ -206,9 +210,11 @@ async function blobUrl(model, name) {
   }
 }
 
-async function image(model, name, alt) {
+async function image(model, name, caption) {
   const url = await blobUrl(model, name);
-  return url ? el("img", { src: url, alt, loading: "lazy" }) : el("span", { class: "muted", text: "-" });
+  return url
+    ? el("figure", {}, el("img", { src: url, alt: caption }), el("figcaption", { text: caption }))
+    : el("span", { class: "muted", text: "-" });
 }
 
 let viewerModule = null;
@@ -252,8 +258,8 @@ async function qualityTable(model) {
   const rows = await Promise.all(views.map(async (v) => {
     const slot = v.slot || v.name || "";
     const [input, render] = await Promise.all([
-      image(model, `view_${slot}_input.png`, `${slot} input`),
-      image(model, `view_${slot}_render.png`, `${slot} re-rendered`),
+      image(model, `view_${slot}_input.png`, "input"),
+      image(model, `view_${slot}_render.png`, "re-rendered"),
     ]);
     return el("tr", { class: "view-row", "data-slot": slot },
       el("td", { text: slot }),
