@@ -112,7 +112,9 @@ def _rast_from_hits(
     face = torch.from_numpy(np.ascontiguousarray(face_np, dtype=np.int64))
     pix_t = torch.from_numpy(np.ascontiguousarray(pix, dtype=np.int64))
     xs, ys = _pixel_centres_ndc(height, width)
-    table = _face_table(pos, tri).T.contiguous().index_select(1, face)  # [12, N]
+    # the table of the visible faces only: a view sees a fraction of a large mesh's faces
+    visible, slot = torch.unique(face, return_inverse=True)
+    table = _face_table(pos, tri.index_select(0, visible)).T.index_select(1, slot)  # [12, N]
     x0, y0 = table[:2].unbind(0)
     dx = (torch.from_numpy(xs.astype(np.float64))[pix_t % width] - x0).float()
     dy = (torch.from_numpy(ys.astype(np.float64))[pix_t // width] - y0).float()
@@ -237,8 +239,8 @@ class CpuBackend(RenderBackend):
             out = torch.zeros(height * width, attr.shape[-1], dtype=attr.dtype, device=attr.device)
             if len(pix):
                 face = tid[pix] - 1
-                # [F, 3, C] corner attributes, gathered once per covered pixel.
-                corners = attr[b][tri].index_select(0, face)
+                # [N, 3, C] corner attributes of each covered pixel's face.
+                corners = attr[b][tri.index_select(0, face)]
                 u = flat[pix, 0:1].to(attr.dtype)
                 v = flat[pix, 1:2].to(attr.dtype)
                 value = u * corners[:, 0] + v * corners[:, 1] + (1 - u - v) * corners[:, 2]
