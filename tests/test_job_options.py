@@ -69,3 +69,11 @@ def test_openapi_documents_the_options(api: httpx.Client) -> None:
 
 def test_service_and_recon_agree_on_formats() -> None:
     assert FORMATS == recon_options.MESH_FORMATS and DEFAULT_FORMATS == recon_options.DEFAULT_FORMATS
+
+
+def test_record_from_before_options_loads_without_them() -> None:
+    from jobs.record import JobRecord
+
+    old = {"job_id": "abcd1234", "model_type": "fusion", "models": ["fusion"]}  # no "options" key
+    record = JobRecord.model_validate(old)
+    assert record.options.is_default() and record.model_dump(mode="json")["options"] == {}

@@ -94,7 +94,8 @@ def test_turntable_is_an_animated_loop(default_out: Path) -> None:
 
 
 def test_turntable_cost_on_one_core(default_out: Path, case: Path, tmp_path: Path) -> None:
-    """Printed for the record; the bound is loose because the cores are shared."""
+    """Printed for the record. CPU seconds, not wall: the turntable renders on one thread, and
+    on shared cores the wall time measures the neighbours; the bound is loose all the same."""
     from recon.pipeline import calibrate, load_inputs, run_engine
     from recon.preview import write_turntable
     from recon.render import get_backend
@@ -102,11 +103,11 @@ def test_turntable_cost_on_one_core(default_out: Path, case: Path, tmp_path: Pat
     inputs = load_inputs(sorted((case / "views").glob("*.png")), sorted((case / "depths").glob("*.png")))
     calibration = calibrate(inputs)
     mesh = run_engine("fusion", inputs, calibration, device="cpu")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     write_turntable(mesh, tmp_path, get_backend("cpu"), calibration.fov_deg)
-    seconds = time.perf_counter() - start
-    print(f"turntable: {seconds:.2f} s for {len(mesh.faces)} faces at 384 px, 36 frames")
-    assert seconds < 30
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    print(f"turntable: {seconds:.2f} s wall, {cpu:.2f} s CPU for {len(mesh.faces)} faces at 384 px, 36 frames")
+    assert cpu < 15
 
 
 def test_comparison_images_for_every_view(default_out: Path) -> None:
