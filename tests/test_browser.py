@@ -200,6 +200,44 @@ def test_job_page_sends_the_api_key(browser: tuple[Any, NetworkLog], keyed_api: 
     assert not network.left_localhost(), network.left_localhost()
 
 
+def submit_sample(api: ApiServer, model_type: str) -> str:
+    files = [("views", (p.name, p.read_bytes(), "image/png")) for p in sorted((SAMPLE / "views").glob("*.png"))]
+    files += [("depth_renders", (p.name, p.read_bytes(), "image/png")) for p in sorted((SAMPLE / "depths").glob("*.png"))]
+    with api.client() as client:
+        response = client.post("/jobs", files=files, data={"model_type": model_type})
+    assert response.status_code == 200, response.text
+    return response.json()["job_id"]
+
+
+def test_failed_job_shows_its_error_and_a_job_is_cancelled_in_two_steps(
+        browser: tuple[Any, NetworkLog], stack_api: ApiServer) -> None:
+    from recon.engines import available_engines
+
+    context, network = browser
+    page = context.new_page()
+    if "reconviagen" not in available_engines("cpu"):  # fails at load_weights here, in seconds
+        page.goto(f"{stack_api.url}/ui/jobs/{submit_sample(stack_api, 'reconviagen')}")
+        assert wait_until_terminal(page, JOB_TIMEOUT_S) == "failed"
+        error = page.locator("#job-error .error-box")
+        assert error.locator(".code").inner_text() == "MODEL_FAILED"
+        assert "fusion" in error.locator(".suggestion").inner_text()  # names the engines that can run
+        assert "load_weights" in error.locator("dl.facts").inner_text()  # details as a readable list
+        assert page.locator("#cancel").is_hidden() and page.locator("model-viewer").count() == 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-failed-job.png"), full_page=True)
+
+    page.goto(f"{stack_api.url}/ui/jobs/{submit_sample(stack_api, 'fusion')}")
+    page.wait_for_selector("#cancel:not(.hidden)", timeout=60_000)
+    page.click("#cancel")  # step 1: the request, then the page asks for confirmation
+    page.wait_for_selector("#cancel-confirm:not(.hidden)")
+    assert page.evaluate("() => document.body.dataset.status") in ("queued", "processing")
+    page.click("#cancel-yes")  # step 2: {"confirm": true}
+    assert wait_until_terminal(page, 120) == "cancelled"
+    assert page.locator("#cancel").is_hidden() and page.locator("#cancel-error").inner_text() == ""
+    page.close()
+    assert not network.left_localhost(), network.left_localhost()
+
+
 def test_docs_and_redoc_render_offline(browser: tuple[Any, NetworkLog], stack_api: ApiServer) -> None:
     context, network = browser
     page = context.new_page()
