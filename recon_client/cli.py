@@ -143,6 +143,10 @@ def cmd_submit(client: ReconClient, args: argparse.Namespace) -> int:
     bar = ProgressBar(job_id)
     try:
         status = client.follow(job_id, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        _say(f"job {job_id} keeps running: recon status {job_id}; recon cancel {job_id}")
+        raise
     finally:
         bar.close()
     if status.get("status") != "completed":
