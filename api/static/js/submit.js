@@ -15,7 +15,7 @@ let config = null;
 const chosen = { views: [], depth_renders: [] };
 
 /** The rig slot a file name's stem names as a word ("03_top.png"), else null: recon.decode.slot_in_name. */
-export function slotInName(name) {
+function slotInName(name) {
   const stem = name.split(/[\\/]/).pop().split(".")[0].toLowerCase();
   const found = new Set(stem.split(/[^a-z]+/).filter((t) => config.slots.includes(t)));
   return found.size === 1 ? [...found][0] : null;
