@@ -31,7 +31,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 KEEPALIVE_SECONDS = 15.0  # the server's comment interval on the events stream
 
 
-@dataclass
+@dataclass(eq=False)  # exceptions compare and hash by identity
 class ApiError(Exception):
     """An error answer of the API (or a transport failure after the retries, status 0)."""
 
