@@ -75,10 +75,17 @@ def _edge_strength(view: RenderedView, camera: Camera, vertices: np.ndarray, fac
     return strength
 
 
+def _per_mesh(mesh: TexturedMesh) -> tuple[np.ndarray, np.ndarray]:
+    """What every frame of one mesh shares: vertex normals and the float texture (converting a
+    2048^2 texture per frame was a large part of a small frame's cost)."""
+    return vertex_normals(mesh.vertices, mesh.faces), mesh.texture[..., :3].astype(np.float32) / 255.0
+
+
 def _textured_image(mesh: TexturedMesh, backend: RenderBackend, camera: Camera,
-                    normals: np.ndarray) -> tuple[RenderedView, np.ndarray]:
+                    shared: tuple[np.ndarray, np.ndarray]) -> tuple[RenderedView, np.ndarray]:
     """The shaded textured render on white, as float RGB, and the view it came from."""
-    view = render_mesh(backend, camera, mesh.vertices, mesh.faces, mesh.uv, mesh.texture,
+    normals, texture = shared
+    view = render_mesh(backend, camera, mesh.vertices, mesh.faces, mesh.uv, texture,
                        smooth_normals=True, normals=normals)
     shade = _shading(view, camera)
     return view, np.where(view.mask[..., None], view.color * shade, 1.0)
@@ -93,9 +100,9 @@ def render_previews(
 ) -> dict[str, np.ndarray]:
     """The preview images as uint8 RGB arrays, keyed by file name (PREVIEW_FILES)."""
     images: dict[str, np.ndarray] = {}
-    normals = vertex_normals(mesh.vertices, mesh.faces)
+    shared = _per_mesh(mesh)
     for i, camera in enumerate(preview_cameras(mesh.vertices, fov_deg, resolution)):
-        view, textured = _textured_image(mesh, backend, camera, normals)
+        view, textured = _textured_image(mesh, backend, camera, shared)
         shade = _shading(view, camera)
         mask = view.mask[..., None]
         edges = _edge_strength(view, camera, mesh.vertices, mesh.faces)[..., None]
@@ -128,9 +135,9 @@ def write_turntable(mesh: TexturedMesh, out_dir: Path, backend: RenderBackend, f
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     angles = [(360.0 * k / frames, TURNTABLE_ELEVATION) for k in range(frames)]
-    normals = vertex_normals(mesh.vertices, mesh.faces)
+    shared = _per_mesh(mesh)
     with single_threaded(backend):
-        images = [Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera, normals)[1]))
+        images = [Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera, shared)[1]))
                   for camera in preview_cameras(mesh.vertices, fov_deg, size, angles)]
     path = out / TURNTABLE_FILE
     images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], loop=0,
