@@ -129,6 +129,20 @@ def test_download_resumes_a_partial_file_and_unzips(api: httpx.Client, api_serve
     assert (out / f"{job_id}.zip").read_bytes() == full
     assert sorted(p.name for p in out.iterdir()) == [f"{job_id}.zip"]  # no .part, no ETag file left
 
+    # A part of another version of the ZIP (its ETag no longer matches): downloaded again whole.
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / f"{job_id}.zip.part").write_bytes(b"x" * 1000)
+    (stale / f"{job_id}.zip.part.etag").write_text('"an-older-zip"')
+    assert recon(api_server.url, "download", job_id, "--out", str(stale), "--no-unzip").returncode == 0
+    assert (stale / f"{job_id}.zip").read_bytes() == full
+    # A part that is already whole (the rename did not happen): the server's 416 says so.
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / f"{job_id}.zip.part").write_bytes(full)
+    assert recon(api_server.url, "download", job_id, "--out", str(whole), "--no-unzip").returncode == 0
+    assert sorted(p.name for p in whole.iterdir()) == [f"{job_id}.zip"]
+
     unpacked = recon(api_server.url, "download", job_id, "--out", str(tmp_path / "unzipped"))
     assert unpacked.returncode == 0, unpacked
     target = tmp_path / "unzipped" / job_id
