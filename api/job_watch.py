@@ -16,7 +16,8 @@ read would.
 
 What is read when:
 - flow runs: every refresh, for watched jobs that are not final; final runs (Completed, Failed,
-  Crashed, Cancelled) every FINAL_RECHECK_SECONDS, since only a forced state change moves them.
+  Cancelled) every FINAL_RECHECK_SECONDS, since only a forced state change moves them (Crashed
+  runs are refreshed every time: the crash automation requeues them).
   Rows are parsed as plain JSON and only runs with a new state are validated (orchestration's
   `read_flow_runs_by_id`), and a view is rebuilt only when one of its parts changed: the
   refresh runs on the event loop that answers the polls, so its CPU is their latency tail;
@@ -86,7 +87,8 @@ class _Watched:
     @property
     def final(self) -> bool:
         state = self.run.state if self.run is not None else None
-        return state is not None and state.is_final()
+        # Crashed is final to Prefect, not to us: the crash automation requeues the run at once.
+        return state is not None and state.is_final() and not state.is_crashed()
 
     @property
     def max_age(self) -> float:

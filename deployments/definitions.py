@@ -1,4 +1,4 @@
-"""The deployments, work pools and automation of the service: the ONE place they are defined.
+"""The deployments, work pools and automations of the service: the ONE place they are defined.
 
 Used by
 - the embedded launcher (`python -m deployments.embedded`), which applies them through the
@@ -26,6 +26,7 @@ from jobs.orchestration import WORK_POOL
 
 MAINTENANCE_POOL = "maintenance"
 ZOMBIE_AUTOMATION = "recon: crash flow runs whose heartbeats stopped"
+CRASH_RETRY_AUTOMATION = "recon: requeue crashed reconstruct runs"
 
 # The flow-run command the embedded launcher gives its process-pool deployments. Without one,
 # Prefect 3.9's process worker starts a workspace supervisor (`python -m
@@ -181,7 +182,8 @@ async def _apply_deployment(client: Any, d: DeploymentDef, root: Path) -> Any:
 def zombie_automation(silence_seconds: int) -> Any:
     """Prefect's recipe for flow runs whose process died with its worker: a run that sent a
     heartbeat and then neither another heartbeat nor a final state within `silence_seconds`
-    is set to Crashed, which the API reports as `failed` (never stuck in `processing`)."""
+    is set to Crashed (never stuck in `processing`); a crashed reconstruct run is then requeued
+    by `crash_retry_automation`."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -214,17 +216,48 @@ def zombie_automation(silence_seconds: int) -> Any:
     )
 
 
-async def _ensure_automation(silence_seconds: int) -> None:
+def crash_retry_automation() -> Any:
+    """A `reconstruct` run that crashed (its process or its whole worker host died, seen by the
+    worker at once or by the zombie automation above) goes back to the queue as AwaitingRetry,
+    keeping its flow run id, so any worker picks it up again and the client keeps seeing
+    `processing`: at scale a dead worker is the normal case, not the job's fault. The flow
+    itself ends a job whose runs crashed twice (flows/reconstruct.py), so a job that kills every
+    worker it lands on is not retried forever."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    return Automation(
+        name=CRASH_RETRY_AUTOMATION,
+        description="A reconstruct flow run crashed: put it back in the queue for any worker.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"},
+            match={"prefect.resource.id": ["prefect.flow-run.*"]},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "reconstruct"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, name="AwaitingRetry", force=True,
+                                    message="Requeued: the process running it stopped unexpectedly")],
+    )
+
+
+async def ensure_automations(silence_seconds: int) -> None:
     from prefect.client.orchestration import get_client
 
+    automations = [zombie_automation(silence_seconds), crash_retry_automation()]
     async with get_client() as client:
-        for existing in await client.read_automations_by_name(ZOMBIE_AUTOMATION):
-            await client.delete_automation(existing.id)
-    await zombie_automation(silence_seconds).acreate()
+        for automation in automations:
+            for existing in await client.read_automations_by_name(automation.name):
+                await client.delete_automation(existing.id)
+    for automation in automations:
+        await automation.acreate()
 
 
 async def aregister(gpu_slots: int, zombie_seconds: int, root: Path | None = None) -> None:
-    """Create/update the pools, the embedded deployments and the zombie automation (idempotent:
+    """Create/update the pools, the embedded deployments and the automations (idempotent:
     deployments are upserted by name, the pool limit follows the GPUs of this start)."""
     from prefect.client.orchestration import get_client
 
@@ -235,7 +268,7 @@ async def aregister(gpu_slots: int, zombie_seconds: int, root: Path | None = Non
         for d in DEPLOYMENTS:
             if d.embedded:
                 await _apply_deployment(client, d, root)
-    await _ensure_automation(zombie_seconds)
+    await ensure_automations(zombie_seconds)
 
 
 def register(api_url: str, gpu_slots: int, zombie_seconds: int, root: Path | None = None) -> None:

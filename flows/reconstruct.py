@@ -29,7 +29,7 @@ from prefect.context import get_run_context
 from prefect.states import Cancelled as CancelledState
 
 from jobs.errors import ServiceError
-from jobs.orchestration import DEFAULT_MODEL_TYPE, MODEL_TYPES, engines_for
+from jobs.orchestration import DEFAULT_MODEL_TYPE, MAX_CRASHES, MODEL_TYPES, crash_count, engines_for
 from jobs.record import JobRecord, delete_job_files, load_record, staging_prefix, update_record, utcnow
 from jobs.settings import get_settings
 from jobs.storage import get_store
@@ -112,6 +112,9 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
                  device=resolve_device(settings.device), options=recon_options(record.options))
     logger.info("job %s: model_type=%s engines=%s device=%s reprocess=%s options=%s", job_id, model_type, models,
                 run.device, reprocess, record.options.echo())
+    crashes = crash_count(flow_run_id)
+    if crashes >= MAX_CRASHES:
+        _fail_crashed_job(store, record, run_key, crashes, reprocess)
     if not reprocess:
         update_record(store, job_id, lambda r: _mark_started(r, run_key, models))
 
@@ -151,6 +154,26 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         raise error from exc
     finally:
         shutil.rmtree(run.workdir, ignore_errors=True)
+
+
+def _fail_crashed_job(store: Any, record: JobRecord, run_key: str, crashes: int, reprocess: bool) -> None:
+    """End a job whose runs crashed MAX_CRASHES times (each was requeued by the crash automation)
+    with an error that says so, instead of letting it take down one worker after another."""
+    running = [m for m in record.models if record.result(m).status == "running"]
+    details: dict[str, Any] = {"job_id": record.job_id, "crashes": crashes, "state": "Crashed"}
+    if running:
+        details["model"] = running[0]
+    error = ServiceError(
+        "MODEL_FAILED",
+        f"The job stopped the worker running it {crashes} times (its process was killed or ran out of memory); "
+        "it is not retried again",
+        details,
+        "Try again with smaller inputs, or contact support if it happens again.",
+    )
+    store.delete_prefix(staging_prefix(record.job_id, run_key))
+    if not reprocess:
+        update_record(store, record.job_id, lambda r: _mark_failed(r, details.get("model"), error))
+    raise error
 
 
 def _mark_started(record: JobRecord, run_key: str, models: list[str]) -> None:

@@ -217,19 +217,49 @@ async def find_flow_run(
 def job_status(state: "State | None") -> JobStatus:
     """DESIGN.md §4: SCHEDULED/PENDING/Late -> queued; RUNNING/Retrying (and AwaitingRetry,
     PAUSED: the run already started) -> processing; COMPLETED -> completed;
-    FAILED/CRASHED/TIMEDOUT -> failed; CANCELLING/CANCELLED -> cancelled."""
+    FAILED/TIMEDOUT -> failed; CANCELLING/CANCELLED -> cancelled.
+
+    CRASHED -> processing: a crashed reconstruct run is requeued at once by an automation
+    (deployments/definitions.py `crash_retry_automation`) and retried on any worker; the flow
+    fails a job itself, with its error recorded, once its runs crashed MAX_CRASHES times.
+    Reporting `failed` for the moment between the crash and the requeue would end every
+    client's wait on a job that is about to run again."""
     if state is None:
         return "queued"
     kind = state.type
     if kind in (StateType.SCHEDULED, StateType.PENDING):
         return "processing" if state.name == "AwaitingRetry" else "queued"
-    if kind in (StateType.RUNNING, StateType.PAUSED):
+    if kind in (StateType.RUNNING, StateType.PAUSED, StateType.CRASHED):
         return "processing"
     if kind == StateType.COMPLETED:
         return "completed"
     if kind in (StateType.CANCELLING, StateType.CANCELLED):
         return "cancelled"
-    return "failed"  # FAILED, CRASHED (TimedOut is a FAILED state in Prefect 3)
+    return "failed"  # FAILED (TimedOut is a FAILED state in Prefect 3)
+
+
+# A job whose flow runs crashed this often (their process or worker host died) is failed
+# instead of being retried again: it is probably what kills them.
+MAX_CRASHES = 2
+
+
+def crash_count(flow_run_id: str | UUID) -> int:
+    """How many of this flow run's attempts crashed so far, from its state history: runs requeued
+    by the crash automation keep their id; a Ctrl-C requeue by the launcher is not a crash; an
+    attempt that was reported Crashed more than once (its worker and the zombie automation
+    both) counts once."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(UUID(str(flow_run_id)))
+    crashes, attempt_open = 0, False
+    for state in sorted(states, key=lambda s: s.timestamp):
+        if state.type == StateType.RUNNING:
+            attempt_open = True
+        elif state.type == StateType.CRASHED and attempt_open:
+            crashes += 1
+            attempt_open = False
+    return crashes
 
 
 def state_label(state: "State | None") -> str:

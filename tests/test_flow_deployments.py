@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 
 from deployments import prefect_yaml, stack
-from deployments.definitions import DEPLOYMENTS, MAINTENANCE_POOL, ZOMBIE_AUTOMATION
+from deployments.definitions import CRASH_RETRY_AUTOMATION, DEPLOYMENTS, MAINTENANCE_POOL, ZOMBIE_AUTOMATION
 from tests.fixtures.prefect import ZOMBIE_SECONDS, PrefectStack
 
 
@@ -37,6 +37,8 @@ def test_stack_registers_pools_deployments_and_automation(prefect_stack: Prefect
                 assert schedules == []
         automations = client.read_automations_by_name(ZOMBIE_AUTOMATION)
         assert len(automations) == 1 and automations[0].trigger.within.total_seconds() == ZOMBIE_SECONDS
+        retry = client.read_automations_by_name(CRASH_RETRY_AUTOMATION)
+        assert len(retry) == 1 and retry[0].actions[0].state.value == "SCHEDULED"
 
 
 def test_prefect_deploy_all_works_offline(prefect_stack: PrefectStack) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from deployments import docker_pool, stack
-from deployments.definitions import ZOMBIE_AUTOMATION
+from deployments.definitions import CRASH_RETRY_AUTOMATION, ZOMBIE_AUTOMATION
 from deployments.stack import PROJECT_ROOT
 
 INFRA = PROJECT_ROOT / "infra"
@@ -202,7 +202,8 @@ async def read_state(pool_name: str) -> dict[str, Any]:
     async with get_client() as client:
         pool = await client.read_work_pool(pool_name)
         deployments = {f"{d.name}": d for d in await client.read_deployments()}
-        automations = await client.read_automations_by_name(ZOMBIE_AUTOMATION)
+        automations = [*await client.read_automations_by_name(ZOMBIE_AUTOMATION),
+                       *await client.read_automations_by_name(CRASH_RETRY_AUTOMATION)]
     secrets = {name: (await Secret.aload(name)).get() for name in docker_pool.SECRET_VARIABLES.values()}
     return {"pool": pool, "deployments": deployments, "secrets": secrets, "automations": automations}
 
@@ -247,8 +248,9 @@ def test_compose_deploy_creates_the_pool_and_registers_prefect_yaml(deployed: di
     assert docker.work_pool_name == docker_pool.DOCKER_POOL
     assert docker.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}]
     assert deployed["deployments"]["reconstruct"].work_pool_name == "gpu"
-    [automation] = deployed["automations"]
-    assert automation.trigger.within.total_seconds() == int(example["RECON_ZOMBIE_SECONDS"])
+    zombie, retry = deployed["automations"]
+    assert zombie.trigger.within.total_seconds() == int(example["RECON_ZOMBIE_SECONDS"])
+    assert retry.name == CRASH_RETRY_AUTOMATION  # crashed runs are requeued in production too
     assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"  # flow-run containers send heartbeats
 
 
