@@ -104,7 +104,11 @@ def _readme(view: JobView, outputs: dict[str, list[ObjectInfo]], store: ObjectSt
         lines += [f"{model}/  ({quality})"] + [f"  {i.key.rsplit('/', 1)[-1]}" for i in files] + [""]
     lines += ["mesh.glb: binary glTF with the baked texture embedded",
               "mesh.obj + mesh.mtl + texture.png: Wavefront OBJ", "mesh.ply: PLY with vertex colours",
-              "preview_*.png: renders of the mesh; quality.json: PSNR/SSIM at the input views",
+              "mesh.stl: STL (geometry only); mesh.gltf + mesh.bin + texture.png: glTF with separate files",
+              "(the mesh formats are those the job asked for: glb, obj and ply unless `formats` was set)",
+              "preview_*.png: renders of the mesh; turntable.webp: an animated turn around the mesh",
+              "quality.json: PSNR/SSIM at the input views; view_{slot}_input.png / view_{slot}_render.png:",
+              "  each input view beside the mesh re-rendered from the same camera",
               "cameras.json: the calibrated cameras the reconstruction used", ""]
     return "\n".join(lines).encode()
 
