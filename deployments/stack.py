@@ -1,8 +1,10 @@
-"""Start, health-check and stop the processes of the embedded stack (DESIGN.md §3).
+"""Start, health-check and stop the processes of the stack (DESIGN.md §3).
 
-One place for "how do we run a Prefect server / a worker / the API as a child process": the
-embedded launcher (`python -m deployments.embedded`) and the test fixtures (tests/fixtures/
-prefect.py) both use it, so the tests exercise the same start-up code a newcomer runs.
+One place for "how do we run PostgreSQL / a Prefect server / a worker / the API / the test S3
+endpoint as a child process": the embedded launcher (`python -m deployments.embedded`) and the
+test fixtures (tests/fixtures/prefect.py, tests/fixtures/production.py) all use it, so the tests
+exercise the same start-up code a newcomer runs. Every start function takes `netns`: the child
+then runs inside that network namespace (a "host" of deployments/netns.py) and binds to `host`.
 
 Every child runs in its own session (process group): Ctrl-C reaches only the launcher, which
 then stops the children in order, and stopping a worker also stops the flow-run processes it
@@ -76,6 +78,7 @@ class ManagedProcess:
     popen: subprocess.Popen
     log_path: Path
     _log: IO[bytes] | None = field(default=None, repr=False)
+    stop_signal: int = signal.SIGTERM  # PostgreSQL: SIGINT (fast shutdown; SIGTERM waits for clients)
 
     @property
     def pid(self) -> int:
@@ -90,11 +93,11 @@ class ManagedProcess:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
-        """Signal the whole process group, wait, then SIGKILL what is left."""
+    def stop(self, timeout: float = 20.0, sig: int | None = None) -> int | None:
+        """Signal the whole process group (`stop_signal` unless `sig`), wait, then SIGKILL what is left."""
         if self.alive():
             try:
-                os.killpg(self.popen.pid, sig)
+                os.killpg(self.popen.pid, sig if sig is not None else self.stop_signal)
             except ProcessLookupError:
                 pass
             try:
@@ -119,8 +122,15 @@ class ManagedProcess:
             self._log = None
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = PROJECT_ROOT) -> ManagedProcess:
+def in_netns(argv: list[str], netns: str | None) -> list[str]:
+    """`argv` run inside network namespace `netns` (`ip netns exec` execs it: same pid)."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = PROJECT_ROOT,
+          netns: str | None = None) -> ManagedProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
+    argv = in_netns(argv, netns)
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")
     popen = subprocess.Popen(
@@ -154,23 +164,92 @@ def http_ok(url: str) -> bool:
     return httpx.get(url, timeout=2.0).status_code == 200
 
 
-def start_prefect_server(home: Path, port: int, log_dir: Path, ui: bool = True, timeout: float = 180.0) -> tuple[ManagedProcess, str]:
-    """`prefect server start` on SQLite under `home`; returns the process and its API URL once
-    /api/health answers (about 13 s on 2 cores)."""
+def start_prefect_server(home: Path, port: int, log_dir: Path, ui: bool = True, timeout: float = 180.0, *,
+                         host: str = "127.0.0.1", database_url: str | None = None,
+                         netns: str | None = None) -> tuple[ManagedProcess, str]:
+    """`prefect server start` on SQLite under `home` (or on `database_url`, e.g. the PostgreSQL
+    of `start_postgres`); returns the process and its API URL once /api/health answers (about
+    13 s on 2 cores). Started again with the same arguments, it serves the same data."""
     home.mkdir(parents=True, exist_ok=True)
-    api_url = f"http://127.0.0.1:{port}/api"
+    api_url = f"http://{host}:{port}/api"
+    extra = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
     env = prefect_env(home, api_url, PREFECT_UI_ENABLED=str(ui).lower(),
-                      PREFECT_UI_API_URL=api_url, PREFECT_SERVER_API_HOST="127.0.0.1",
-                      PREFECT_SERVER_API_PORT=str(port))
-    proc = spawn("prefect-server", [bin_path("prefect"), "server", "start", "--host", "127.0.0.1",
-                                     "--port", str(port)], env, log_dir)
+                      PREFECT_UI_API_URL=api_url, PREFECT_SERVER_API_HOST=host,
+                      PREFECT_SERVER_API_PORT=str(port), **extra)
+    proc = spawn("prefect-server", [bin_path("prefect"), "server", "start", "--host", host,
+                                     "--port", str(port)], env, log_dir, netns=netns)
     wait_until(lambda: http_ok(f"{api_url}/health"), timeout, "the Prefect server's /api/health", proc)
     return proc, api_url
 
 
+def postgres_bin_dir() -> Path | None:
+    """Debian's PostgreSQL server binaries (/usr/lib/postgresql/N/bin), newest first; None if absent."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else None
+
+
+POSTGRES_USER = "nobody"  # postgres refuses to run as root; the cluster's files belong to this user
+POSTGRES_DB_USER = "prefect"
+
+
+def as_postgres_user(argv: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={POSTGRES_USER}", "--regid=nogroup", "--clear-groups", *argv]
+
+
+def start_postgres(data_dir: Path, port: int, log_dir: Path, *, host: str = "127.0.0.1", netns: str | None = None,
+                   timeout: float = 60.0) -> tuple[ManagedProcess, str]:
+    """A throwaway PostgreSQL cluster for the Prefect server: `initdb` into `data_dir` on first
+    use (trust authentication, fsync off: test data only), `postgres` as user nobody on
+    `host:port`, a `prefect` database. Returns the process (stopped with SIGINT, PostgreSQL's
+    fast shutdown) and the SQLAlchemy URL once the database accepts connections; started again
+    on the same `data_dir` it serves the same data. `data_dir` and its parents must be reachable
+    by user nobody (e.g. a folder under /tmp)."""
+    import pwd
+
+    bindir = postgres_bin_dir()
+    if bindir is None:
+        raise FileNotFoundError("PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)")
+    fresh = not (data_dir / "PG_VERSION").exists()
+    if fresh:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        user = pwd.getpwnam(POSTGRES_USER)
+        os.chown(data_dir, user.pw_uid, user.pw_gid)
+        data_dir.chmod(0o700)
+        subprocess.run(as_postgres_user([str(bindir / "initdb"), "-D", str(data_dir), "-U", POSTGRES_DB_USER,
+                                         "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                       check=True, capture_output=True)
+        with open(data_dir / "pg_hba.conf", "a") as hba:
+            hba.write("host all all 0.0.0.0/0 trust\n")
+    argv = as_postgres_user([str(bindir / "postgres"), "-D", str(data_dir), "-h", host, "-p", str(port),
+                             "-k", str(data_dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
+                             "-c", "full_page_writes=off", "-c", "max_connections=200"])
+    proc = spawn("postgres", argv, dict(os.environ), log_dir, netns=netns)
+    proc.stop_signal = signal.SIGINT
+    ready = in_netns([str(bindir / "pg_isready"), "-q", "-h", host, "-p", str(port)], netns)
+    wait_until(lambda: subprocess.run(ready).returncode == 0, timeout, f"PostgreSQL on {host}:{port}", proc)
+    if fresh:
+        subprocess.run(in_netns([str(bindir / "createdb"), "-h", host, "-p", str(port), "-U", POSTGRES_DB_USER,
+                                 "prefect"], netns), check=True, capture_output=True)
+    return proc, f"postgresql+asyncpg://{POSTGRES_DB_USER}@{host}:{port}/prefect"
+
+
+def start_s3(port: int, log_dir: Path, *, host: str = "127.0.0.1", netns: str | None = None,
+             timeout: float = 60.0) -> tuple[ManagedProcess, str]:
+    """The tests' S3 endpoint (moto's server, as tests/fixtures/s3.py runs in-process) as a child
+    process, so that it can live on a host of its own; returns it and its `host:port`."""
+    proc = spawn("s3", [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], dict(os.environ),
+                 log_dir, netns=netns)
+    wait_until(lambda: httpx.get(f"http://{host}:{port}/moto-api/", timeout=2.0).status_code < 500, timeout,
+               f"the S3 endpoint on {host}:{port}", proc)
+    return proc, f"{host}:{port}"
+
+
 def start_worker(home: Path, api_url: str, pool: str, log_dir: Path, env_extra: dict[str, str] | None = None,
-                 query_seconds: float = WORKER_QUERY_SECONDS, name: str = "worker") -> ManagedProcess:
+                 query_seconds: float = WORKER_QUERY_SECONDS, name: str = "worker", *, limit: int | None = None,
+                 netns: str | None = None) -> ManagedProcess:
     """A process worker polling `pool`; its flow runs inherit its environment (RECON_* settings).
+    `limit` caps the flow runs this worker runs at once (one per GPU of its host).
 
     The worker runs under deployments/warm_engine.py's server, which forks its flow runs from an
     interpreter that has Prefect imported (seconds sooner RUNNING); the returned process is that
@@ -179,7 +258,10 @@ def start_worker(home: Path, api_url: str, pool: str, log_dir: Path, env_extra: 
                       PREFECT_WORKER_PREFETCH_SECONDS="5", **(env_extra or {}))
     worker = [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process",
               "--name", f"{name}-{os.getpid()}"]
-    return spawn(name, [sys.executable, "-m", "deployments.warm_engine", "serve", "--", *worker], env, log_dir)
+    if limit is not None:
+        worker += ["--limit", str(limit)]
+    return spawn(name, [sys.executable, "-m", "deployments.warm_engine", "serve", "--", *worker], env, log_dir,
+                 netns=netns)
 
 
 def wait_worker_online(api_url: str, pool: str, proc: ManagedProcess, timeout: float = 60.0) -> None:
@@ -193,13 +275,14 @@ def wait_worker_online(api_url: str, pool: str, proc: ManagedProcess, timeout: f
 
 
 def start_api(home: Path, api_url: str, host: str, port: int, log_dir: Path, env_extra: dict[str, str] | None = None,
-              name: str = "api", timeout: float = 90.0) -> ManagedProcess:
+              name: str = "api", timeout: float = 90.0, *, netns: str | None = None) -> ManagedProcess:
     """`uvicorn api.app:app` with the stack's RECON_* settings; waits until /health answers."""
     env = prefect_env(home, api_url, **(env_extra or {}))
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the API talks to Prefect over HTTP only
     env.update(RECON_API_HOST=host, RECON_API_PORT=str(port))
     proc = spawn(name, [bin_path("uvicorn"), "api.app:app", "--host", host, "--port", str(port),
-                        "--no-access-log", "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS)], env, log_dir)
+                        "--no-access-log", "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS)], env, log_dir,
+                 netns=netns)
     wait_until(lambda: httpx.get(f"http://{host}:{port}/health", timeout=5).status_code in (200, 503), timeout,
                f"the API's /health on port {port}", proc)
     return proc
