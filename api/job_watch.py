@@ -12,7 +12,8 @@ Staleness, bounded and documented (README "Job status"): a state change, a progr
 an error shows within REFRESH_SECONDS plus one refresh round trip (about 1 s). A view that
 could not be refreshed for MAX_STALE_SECONDS (Prefect unreachable; for a final run, beyond its
 recheck interval) is not served: the request loads the job itself, and fails the way a direct
-read would.
+read would: with Prefect unreachable (or answering 5xx) that is 503 with the error envelope
+within PREFECT_READ_TIMEOUT_SECONDS, not a 500 after the Prefect client's minute of retries.
 
 What is read when:
 - flow runs: every refresh, for watched jobs that are not final; final runs (Completed, Failed,
@@ -42,6 +43,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from api.job_view import JobView, build_view, needs_progress
+from jobs.errors import ServiceError
 from jobs.orchestration import (
     JobProgress,
     find_flow_run,
@@ -70,6 +72,29 @@ YIELD_EVERY = 16  # views rebuilt between yields to the event loop
 # again minutes later is still answered from memory (a cold lookup is 2-3 Prefect requests,
 # 100-500 ms on a busy host). A watched job costs one row in the refresh's batched read.
 WATCH_IDLE_SECONDS = 900.0
+# How long a direct read (a miss, cancel, download) waits for Prefect before answering 503: the
+# Prefect client retries a refused connection with backoff for about a minute, far longer than
+# a client's request should hang while the server restarts.
+PREFECT_READ_TIMEOUT_SECONDS = 5.0
+# The catalogue's 503 whose meaning fits "the job service is briefly unable to answer; the job
+# is safe and this will pass" best: the spec has no code for a missing orchestration service.
+ORCHESTRATION_DOWN_CODE = "GPU_UNAVAILABLE"
+
+
+def prefect_unavailable(job_id: str, exc: BaseException) -> ServiceError:
+    return ServiceError(
+        ORCHESTRATION_DOWN_CODE, "The job service's orchestration server (Prefect) is not answering",
+        {"job_id": job_id, "service": "prefect", "reason": f"{type(exc).__name__}: {exc}"[:300]},
+        "Your job is safe and keeps its place. Try again in a few seconds.")
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, (asyncio.TimeoutError, httpx.TransportError))
 
 
 @dataclass
@@ -180,10 +205,18 @@ class JobWatcher:
         if record is None:
             return None
         fetched = time.monotonic()
-        run = await find_flow_run(self.ctx.prefect, job_id, record.flow_run_id)
+        try:
+            return await asyncio.wait_for(self._load_run(record, fetched), PREFECT_READ_TIMEOUT_SECONDS)
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise prefect_unavailable(job_id, exc) from exc
+            raise
+
+    async def _load_run(self, record: JobRecord, fetched: float) -> _Watched:
+        run = await find_flow_run(self.ctx.prefect, record.job_id, record.flow_run_id)
         progress = JobProgress()
         if run is not None and needs_progress(record, job_status(run.state)):
-            progress = await read_job_progress(self.ctx.prefect, job_id)
+            progress = await read_job_progress(self.ctx.prefect, record.job_id)
         return _Watched(record, run, progress, build_view(record, run, progress), fetched, fetched)
 
     # ---- the background refresh ----------------------------------------------------------------
