@@ -79,3 +79,20 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
         assert name not in netns.namespaces()
     finally:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+def test_loopback_fallback_kills_a_host_by_its_processes(tmp_path: Path) -> None:
+    """Without namespaces (not root, no iproute2) hosts are loopback; a host's kill still takes
+    every process the fixture started on it, and nothing else."""
+    net = Network._loopback("t", ["a", "b"], "test")
+    a = net.hosts["a"].track(stack.spawn("sleep-a", ["sleep", "60"], dict(os.environ), tmp_path))
+    b = net.hosts["b"].track(stack.spawn("sleep-b", ["sleep", "60"], dict(os.environ), tmp_path))
+    try:
+        assert net.hosts["a"].address == "127.0.0.1" and net.hosts["a"].netns is None
+        assert net.kill_host("a") == [a.pid] and not a.alive()
+        assert b.alive()
+        with pytest.raises(RuntimeError, match="cannot be cut off"):
+            net.cut("b")
+    finally:
+        net.remove()
+    assert not b.alive()
