@@ -25,6 +25,7 @@ from jobs.errors import ServiceError, from_exception
 log = logging.getLogger("api")
 
 REQUEST_ID_HEADER = "x-request-id"
+RETRY_AFTER_SECONDS = 10  # sent with every 503: outages of storage or Prefect last seconds to minutes
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -47,6 +48,8 @@ def http_status_of(err: ServiceError) -> int:
 
 def error_response(err: ServiceError, request_id: str | None = None) -> JSONResponse:
     headers = dict(getattr(err, "response_headers", None) or {})
+    if http_status_of(err) == 503:  # a dependency is down: tell clients when to come back
+        headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     if request_id:
         headers["X-Request-ID"] = request_id
     return JSONResponse(err.to_response_body(), status_code=http_status_of(err), headers=headers or None)

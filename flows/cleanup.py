@@ -5,7 +5,9 @@
 - a cancel request older than the confirmation window is expired (`cancel_requested_at` cleared);
 - files of cancelled jobs are swept (the API and the flow's cancellation hook delete them; this
   catches a worker that died before its hook ran);
-- staged results of runs that are no longer running, and scratch folders of old runs, go away.
+- staged results of runs that are no longer running, and scratch folders of old runs, go away;
+- inputs without a record (a submission whose object store stopped answering before the API
+  could delete what it had stored) go away once they are ORPHAN_INPUTS_MAX_AGE_S old.
 """
 
 from __future__ import annotations
@@ -22,15 +24,26 @@ from prefect.exceptions import ObjectNotFound
 from jobs.record import JobRecord, is_job_id, load_record, update_record, utcnow
 from jobs.settings import get_settings
 from jobs.storage import get_store
-from jobs.record import STAGING, delete_job_files, staging_prefix
+from jobs.record import STAGING, delete_job_files, input_prefix, staging_prefix
 
 WORK_DIR_MAX_AGE_S = 24 * 3600
+ORPHAN_INPUTS_MAX_AGE_S = 3600  # far beyond any upload: a younger one may be a submission in flight
 
 
 def job_ids(store: Any) -> list[str]:
     """Every job that has a record (keys jobs/{job_id}/job.json)."""
     ids = {item.key.split("/")[1] for item in store.list("jobs/") if item.key.endswith("/job.json")}
     return sorted(i for i in ids if is_job_id(i))
+
+
+def orphaned_inputs(store: Any, records: set[str], older_than: float) -> list[str]:
+    """Jobs with inputs stored but no record, whose newest input was written before `older_than`
+    (unix time; inputs are stored before the record, so a younger one may be in flight)."""
+    newest: dict[str, float] = {}
+    for item in store.list("inputs/"):
+        job_id = item.key.split("/")[1]
+        newest[job_id] = max(newest.get(job_id, 0.0), item.modified or time.time())
+    return sorted(j for j, t in newest.items() if j not in records and t < older_than)
 
 
 def _run_is_active(client: Any, run_id: str) -> bool:
@@ -63,7 +76,12 @@ def cleanup() -> dict[str, Any]:
     settings = get_settings()
     store = get_store(settings)
     counts: dict[str, int] = {}
-    for job_id in job_ids(store):
+    records = job_ids(store)
+    for job_id in orphaned_inputs(store, set(records), time.time() - ORPHAN_INPUTS_MAX_AGE_S):
+        store.delete_prefix(input_prefix(job_id))
+        counts["orphan-inputs-removed"] = counts.get("orphan-inputs-removed", 0) + 1
+        logger.info("job %s: inputs without a record removed", job_id)
+    for job_id in records:
         record = load_record(store, job_id)
         if record is None:
             continue
@@ -77,7 +95,7 @@ def cleanup() -> dict[str, Any]:
                 store.delete_prefix(staging_prefix(job_id, run_key))
                 counts["staging-removed"] = counts.get("staging-removed", 0) + 1
 
-    work = settings.data_dir / "work"
+    work = settings.work_root
     cutoff = time.time() - WORK_DIR_MAX_AGE_S
     for folder in work.glob("*/*") if work.is_dir() else []:
         if folder.stat().st_mtime < cutoff:

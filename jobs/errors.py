@@ -37,6 +37,10 @@ _KINDS = [
     # Not in the spec's table: only used when RECON_API_KEYS enables production authentication.
     ErrorKind("UNAUTHORIZED", 401, "Missing or invalid API key", "Send a valid API key in the X-API-Key header or as Authorization: Bearer <key>."),
     ErrorKind("RATE_LIMITED", 429, "Too many job submissions", "Slow down: wait before submitting more jobs."),
+    # Not in the spec's table either: the object store not answering. The spec's 503 codes name a
+    # full disk, exhausted memory and a missing GPU, each of which would send an operator to the
+    # wrong component.
+    ErrorKind("STORAGE_UNAVAILABLE", 503, "The object store is not answering", "Storage is temporarily unavailable. Try again after the Retry-After delay.", transient=True),
 ]
 
 CATALOGUE: dict[str, ErrorKind] = {k.code: k for k in _KINDS}
@@ -87,8 +91,11 @@ class ServiceError(Exception):
 
 def from_exception(exc: BaseException, **details: Any) -> ServiceError:
     """Classify any exception into a catalogue error (ENOSPC -> DISK_FULL, MemoryError ->
-    MEMORY_EXHAUSTED, recon's typed errors keep their code, everything else UNKNOWN_ERROR)."""
+    MEMORY_EXHAUSTED, the object store unreachable -> STORAGE_UNAVAILABLE, recon's typed errors
+    keep their code, everything else UNKNOWN_ERROR)."""
     import errno
+
+    from jobs.storage import StorageUnavailable
 
     if isinstance(exc, ServiceError):
         if details:
@@ -100,6 +107,8 @@ def from_exception(exc: BaseException, **details: Any) -> ServiceError:
         return ServiceError(code, getattr(exc, "message", str(exc)), merged)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return ServiceError("DISK_FULL", "No space left on the server's storage", details)
+    if isinstance(exc, StorageUnavailable):
+        return ServiceError("STORAGE_UNAVAILABLE", f"The object store is not answering: {exc}"[:500], details)
     if isinstance(exc, MemoryError):
         return ServiceError("MEMORY_EXHAUSTED", "The server ran out of memory", details)
     if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError without importing torch

@@ -27,10 +27,16 @@ class Settings(BaseSettings):
     s3_secure: bool = False
     s3_region: str | None = None
     s3_bucket_prefix: str = ""  # prepended to the bucket names inputs/outputs/jobs/models
+    # Short on purpose: an endpoint that stops answering must become a 503 for the API and a
+    # retried task for a flow run within seconds, not hang a request for minutes. The read
+    # timeout bounds each wait for bytes, not a whole transfer.
+    s3_connect_timeout: float = 3.0
+    s3_read_timeout: float = 15.0
 
     # compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
     model_cache_dir: Path | None = None  # default data_dir/model-cache
+    work_dir: Path | None = None  # flow runs' scratch space; default data_dir/work
 
     # API limits (spec: 20 MB per file, 200 MB per request)
     max_file_bytes: int = 20 * 1024 * 1024
@@ -57,6 +63,10 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "model-cache"
+
+    @property
+    def work_root(self) -> Path:
+        return self.work_dir or self.data_dir / "work"
 
     @property
     def api_key_set(self) -> frozenset[str]:

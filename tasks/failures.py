@@ -29,9 +29,9 @@ def stage_error(exc: BaseException, model: str | None, stage: str) -> ServiceErr
     details: dict[str, Any] = {"pipeline_stage": stage}
     if model:
         details["model"] = model
-    if isinstance(exc, TRANSIENT_IO):
-        err = ServiceError("UNKNOWN_ERROR", f"Object store unavailable: {exc}", details,
-                           "The storage backend did not answer; the job was retried. Contact support if this persists.")
+    if isinstance(exc, TRANSIENT_IO):  # timeouts and connection errors of any client: the store's
+        err = ServiceError("STORAGE_UNAVAILABLE", f"Object store unavailable: {exc}"[:500], details,
+                           "The storage backend did not answer, also after retries. Submit the job again later.")
     else:
         err = from_exception(exc, **details)
     err.details.setdefault("pipeline_stage", stage)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from jobs.storage import StorageUnavailable
 from tests.fixtures.api import ApiServer, job_files, png_bytes, start_api
 
 ENVELOPE_KEYS = {"code", "message", "details", "suggestion"}
@@ -256,6 +257,7 @@ def test_submission_failure_leaves_nothing(orphan_api: ApiServer) -> None:
 @pytest.mark.parametrize("exc,status,code", [
     (OSError(errno.ENOSPC, "No space left on device"), 503, "DISK_FULL"),
     (MemoryError(), 503, "MEMORY_EXHAUSTED"),
+    (StorageUnavailable("S3 endpoint unreachable"), 503, "STORAGE_UNAVAILABLE"),
     (ValueError("boom"), 500, "UNKNOWN_ERROR"),
 ])
 def test_exception_mapping(exc: BaseException, status: int, code: str) -> None:
@@ -277,5 +279,7 @@ def test_exception_mapping(exc: BaseException, status: int, code: str) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             return await client.get("/fail")
 
-    err = error_of(asyncio.run(call()), status, code)
+    response = asyncio.run(call())
+    err = error_of(response, status, code)
     assert err["details"]["request_id"]
+    assert (response.headers.get("retry-after") is not None) == (status == 503)

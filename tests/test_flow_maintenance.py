@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flows.cleanup import job_ids, sweep_job
+from flows.cleanup import job_ids, orphaned_inputs, sweep_job
 from flows.reprocess import _version_key, outdated_models
 from jobs.record import JobRecord, load_record, save_record, utcnow
 from recon.engines import get_engine
@@ -42,6 +42,19 @@ def test_cleanup_rules(store) -> None:
     assert load_record(store, "request1").cancel_requested_at is None
     assert load_record(store, "request2").cancel_requested_at is not None
     assert sweep_job(store, load_record(store, "expired1"), WINDOW) == []  # idempotent
+
+
+def test_cleanup_finds_inputs_left_without_a_record(store) -> None:
+    import time
+
+    make_job(store, "recorded")
+    store.put_bytes("inputs/orphan01/views/0-front.png", b"png")  # its submission could not discard it
+    store.put_bytes("inputs/orphan01/depths/0-front.png", b"png")
+    written = max(i.modified for i in store.list("inputs/orphan01/"))
+    assert abs(written - time.time()) < 60
+    records = set(job_ids(store))
+    assert orphaned_inputs(store, records, older_than=written + 1) == ["orphan01"]
+    assert orphaned_inputs(store, records, older_than=written - 5) == []  # may be a submission in flight
 
 
 def test_reprocess_selects_results_of_older_engine_versions() -> None:

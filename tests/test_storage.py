@@ -265,7 +265,8 @@ def test_s3_unreachable_endpoint_raises_storage_unavailable(tmp_path):
         store.ping()
     with pytest.raises(StorageUnavailable):
         store.get_bytes("jobs/x/job.json")
-    assert from_exception(StorageUnavailable("x")).code == "UNKNOWN_ERROR"
+    assert from_exception(StorageUnavailable("x")).code == "STORAGE_UNAVAILABLE"
+    assert from_exception(StorageUnavailable("x")).http_status == 503
 
 
 def test_open_at_resumes_from_an_offset(store):

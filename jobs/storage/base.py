@@ -14,6 +14,7 @@ BUCKETS: tuple[str, ...] = ("inputs", "outputs", "jobs", "models")
 class ObjectInfo:
     key: str
     size: int
+    modified: float | None = None  # unix time of the last write, where the backend's listing gives it
 
 
 class ObjectNotFound(KeyError):

@@ -111,10 +111,10 @@ class FilesystemStore(ObjectStore):
                 key = f"{rel_dir}/{name}"
                 if key.startswith(f"{bucket}/{path_prefix}"):
                     try:
-                        size = os.stat(os.path.join(dirpath, name)).st_size
+                        st = os.stat(os.path.join(dirpath, name))
                     except FileNotFoundError:  # deleted while listing
                         continue
-                    out.append(ObjectInfo(key, size))
+                    out.append(ObjectInfo(key, st.st_size, st.st_mtime))
         out.sort(key=lambda info: info.key)
         return out
 

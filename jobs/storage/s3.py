@@ -49,16 +49,21 @@ class _CountingReader(io.RawIOBase):
 
 
 class _ObjectReader(io.RawIOBase):
-    """A GET response as a raw stream; close() releases the pooled connection."""
+    """A GET response as a raw stream; close() releases the pooled connection. An endpoint that
+    stops answering mid-body raises StorageUnavailable, like a failed request does."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+    def __init__(self, response: urllib3.BaseHTTPResponse, endpoint: str) -> None:
         self._response = response
+        self._endpoint = endpoint
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._response.read(len(buffer))
+        try:
+            data = self._response.read(len(buffer))
+        except (Urllib3Error, ConnectionError) as exc:
+            raise StorageUnavailable(f"S3 endpoint {self._endpoint} stopped answering mid-object: {exc}") from exc
         n = len(data)
         buffer[:n] = data
         return n
@@ -73,13 +78,19 @@ class _ObjectReader(io.RawIOBase):
 class S3Store(ObjectStore):
     name = "s3"
 
-    def __init__(self, settings: "Settings", *, connect_timeout: float = 5.0, read_timeout: float = 120.0) -> None:
+    def __init__(self, settings: "Settings", *, connect_timeout: float | None = None,
+                 read_timeout: float | None = None) -> None:
         self.endpoint = settings.s3_endpoint
         self.bucket_prefix = settings.s3_bucket_prefix
+        timeout = urllib3.Timeout(connect=connect_timeout or settings.s3_connect_timeout,
+                                  read=read_timeout or settings.s3_read_timeout)
+        # A read timeout is not retried here: an endpoint that stopped answering would hold the
+        # caller for (1 + retries) read timeouts. Callers retry instead (flow tasks with backoff,
+        # API clients after the 503's Retry-After).
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            timeout=timeout,
             maxsize=16,
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            retries=urllib3.Retry(total=2, read=0, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
         self.client = Minio(
             settings.s3_endpoint,
@@ -143,7 +154,7 @@ class S3Store(ObjectStore):
         bucket, name = self._locate(key)
         with self._errors("get", key):
             response = self.client.get_object(bucket, name, offset=offset)
-        return io.BufferedReader(_ObjectReader(response), buffer_size=1024 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(_ObjectReader(response, self.endpoint), buffer_size=1024 * 1024)  # type: ignore[return-value]
 
     def stat(self, key: str) -> ObjectInfo:
         bucket, name = self._locate(key)
@@ -158,7 +169,8 @@ class S3Store(ObjectStore):
             for obj in self.client.list_objects(self.bucket_name(bucket), prefix=path_prefix, recursive=True):
                 if obj.is_dir or obj.object_name is None:
                     continue
-                yield obj.object_name, ObjectInfo(f"{bucket}/{obj.object_name}", int(obj.size or 0))
+                modified = obj.last_modified.timestamp() if obj.last_modified else None
+                yield obj.object_name, ObjectInfo(f"{bucket}/{obj.object_name}", int(obj.size or 0), modified)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         return sorted((info for _, info in self._iter_objects(prefix)), key=lambda info: info.key)
