@@ -30,7 +30,7 @@ from prefect.states import Cancelled as CancelledState
 
 from jobs.errors import ServiceError
 from jobs.orchestration import DEFAULT_MODEL_TYPE, MAX_CRASHES, MODEL_TYPES, crash_count, engines_for
-from jobs.record import JobRecord, delete_job_files, load_record, staging_prefix, update_record, utcnow
+from jobs.record import JobRecord, delete_job_files, staging_prefix, update_record, utcnow
 from jobs.settings import get_settings
 from jobs.storage import get_store
 from recon.errors import Cancelled
@@ -42,8 +42,9 @@ from recon.errors import Cancelled
 log = logging.getLogger(__name__)
 
 
-def work_dir(data_dir: Path, job_id: str, run_key: str | None = None) -> Path:
-    base = data_dir / "work" / job_id
+def work_dir(work_root: Path, job_id: str, run_key: str | None = None) -> Path:
+    """A run's scratch folder under RECON_WORK_DIR (settings.work_root)."""
+    base = work_root / job_id
     return base / run_key if run_key else base
 
 
@@ -59,7 +60,17 @@ def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
         store.delete_prefix(staging_prefix(job_id, str(flow_run.id)))
     else:
         discard_cancelled_job(store, job_id)
-    shutil.rmtree(work_dir(settings.data_dir, job_id, str(flow_run.id)), ignore_errors=True)
+    remove_work_dir(work_dir(settings.work_root, job_id, str(flow_run.id)))
+
+
+def remove_work_dir(path: Path) -> None:
+    """Delete a run's scratch folder and its job's folder once no other run of the job uses it
+    (a full disk must not keep a failed job's partial files)."""
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.parent.rmdir()
+    except OSError:  # another run of the job is still there, or it is already gone
+        pass
 
 
 def discard_cancelled_job(store: Any, job_id: str) -> None:
@@ -92,6 +103,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     from tasks.load_weights import load_weights
     from tasks.metrics import metrics, quality_summary
     from tasks.progress import JobProgress
+    from tasks.record import change_job_record, read_job_record
     from tasks.results import publish_results, stage_outputs
     from tasks.validate import validate
 
@@ -101,14 +113,14 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     if model_type not in MODEL_TYPES:
         raise ServiceError("VALIDATION_FAILED", f"Unknown model_type '{model_type}'",
                            {"model_type": model_type, "allowed": sorted(MODEL_TYPES)})
-    record = load_record(store, job_id)
+    record = read_job_record(store, job_id)
     if record is None:
         raise ServiceError("JOB_NOT_FOUND", f"Job '{job_id}' not found", {"job_id": job_id})
     models = list(engines_for(model_type))
     flow_run_id = get_run_context().flow_run.id
     run_key = str(flow_run_id)
     run = JobRun(job_id=job_id, settings=settings, store=store, progress=JobProgress(job_id, models),
-                 watch=CancelWatch(flow_run_id), workdir=work_dir(settings.data_dir, job_id, run_key),
+                 watch=CancelWatch(flow_run_id), workdir=work_dir(settings.work_root, job_id, run_key),
                  device=resolve_device(settings.device), options=recon_options(record.options))
     logger.info("job %s: model_type=%s engines=%s device=%s reprocess=%s options=%s", job_id, model_type, models,
                 run.device, reprocess, record.options.echo())
@@ -116,7 +128,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     if crashes >= MAX_CRASHES:
         _fail_crashed_job(store, record, run_key, crashes, reprocess)
     if not reprocess:
-        update_record(store, job_id, lambda r: _mark_started(r, run_key, models))
+        change_job_record(store, job_id, lambda r: _mark_started(r, run_key, models), "validate")
 
     current: str | None = None
     try:
@@ -134,7 +146,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         current = None
         published = publish_results(run, run_key)
         files = {m: sorted(p.name for p in (run.workdir / "outputs" / m).iterdir()) for m in published}
-        update_record(store, job_id, lambda r: _mark_completed(r, models, files, settings.retention_hours))
+        change_job_record(store, job_id, lambda r: _mark_completed(r, models, files, settings.retention_hours), "publish")
         run.progress.finished()
         summary = {m: quality_summary(q) for m, q in qualities.items()}
         logger.info("job %s completed: %s", job_id, summary)
@@ -153,7 +165,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
             update_record(store, job_id, lambda r: _mark_failed(r, current, error))
         raise error from exc
     finally:
-        shutil.rmtree(run.workdir, ignore_errors=True)
+        remove_work_dir(run.workdir)
 
 
 def _fail_crashed_job(store: Any, record: JobRecord, run_key: str, crashes: int, reprocess: bool) -> None:

@@ -1,0 +1,25 @@
+"""The job record's reads and writes of a flow run, as tasks: an object store that stops answering
+while a job starts or finishes is retried with backoff like staging and publishing are, instead
+of failing a job that has nothing wrong with it."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jobs.record import JobRecord, load_record, update_record
+from jobs.storage import ObjectStore
+from tasks.context import stage_task
+from tasks.failures import failing_as
+
+
+@stage_task("load_record")
+def read_job_record(store: ObjectStore, job_id: str) -> JobRecord | None:
+    with failing_as(None, "validate"):
+        return load_record(store, job_id)
+
+
+@stage_task("update_record")
+def change_job_record(store: ObjectStore, job_id: str, change: Callable[[JobRecord], None], stage: str) -> None:
+    """Apply `change` (idempotent: a retry may apply it to a record it was already saved in)."""
+    with failing_as(None, stage):
+        update_record(store, job_id, change)
