@@ -24,17 +24,13 @@ import pytest
 
 from deployments import stack
 from tests.fixtures.api import ApiServer, start_api
+from tests.fixtures.browser import CHROMIUM, first_contentful_paint, launch_chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the networking flags, chromium's background services try hosts the closed network refuses.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SAMPLE = stack.PROJECT_ROOT / "samples" / "sample"
 ARTIFACTS = stack.PROJECT_ROOT / "data" / "test-artifacts"
 JOB_TIMEOUT_S = 420  # a CPU job on the sample takes ~40 s on a quiet host; 2 shared cores are not
-FIRST_PAINT_LIMIT_MS = 1000
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 KEY = "browser-test-key-0123456789"
 
@@ -66,13 +62,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Net
         pytest.skip(f"{CHROMIUM} is missing and could not be installed (`make chromium` installs it with apt)")
     from playwright.sync_api import sync_playwright
 
-    # A fresh profile: Playwright passes the folder to chromium as --user-data-dir.
     profile = tmp_path_factory.mktemp("chromium-profile")
     log = NetworkLog()
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True,
-            viewport={"width": 1280, "height": 900})
+        context = launch_chromium(playwright, profile, viewport={"width": 1280, "height": 900})
         log.attach(context)
         try:
             yield context, log
@@ -95,11 +88,6 @@ def keyed_api(prefect_stack) -> Iterator[ApiServer]:
 def shared() -> dict[str, Any]:
     """What the module's tests pass on in file order (the completed job's id)."""
     return {}
-
-
-def first_contentful_paint(page: Any) -> float:
-    return page.evaluate(
-        "() => (performance.getEntriesByType('paint').find(e => e.name === 'first-contentful-paint') || {}).startTime")
 
 
 def wait_until_terminal(page: Any, timeout_s: float) -> str:
@@ -142,9 +130,9 @@ def test_submit_sample_through_the_page_and_see_the_result(browser: tuple[Any, N
     page = context.new_page()
     page.goto(f"{stack_api.url}/")
     page.wait_for_selector("body[data-ready='true']")
-    fcp = first_contentful_paint(page)
+    fcp = first_contentful_paint(page)  # the < 1 s target is measured by bench/page_load.py
+    assert fcp is not None, "the page never painted"
     print(f"\nfirst contentful paint of /: {fcp:.0f} ms")
-    assert fcp is not None and fcp < FIRST_PAINT_LIMIT_MS, fcp
     assert page.locator("input[name='model_type'][value='fusion']").is_checked()  # preselected on the page
 
     views = sorted((SAMPLE / "views").glob("*.png"))
