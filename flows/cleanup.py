@@ -46,6 +46,14 @@ def orphaned_inputs(store: Any, records: set[str], older_than: float) -> list[st
     return sorted(j for j, t in newest.items() if j not in records and t < older_than)
 
 
+def remove_orphaned_inputs(store: Any, records: set[str], older_than: float) -> list[str]:
+    """Delete the inputs `orphaned_inputs` finds; returns their job ids."""
+    orphans = orphaned_inputs(store, records, older_than)
+    for job_id in orphans:
+        store.delete_prefix(input_prefix(job_id))
+    return orphans
+
+
 def _run_is_active(client: Any, run_id: str) -> bool:
     try:
         state = client.read_flow_run(UUID(run_id)).state
@@ -77,8 +85,7 @@ def cleanup() -> dict[str, Any]:
     store = get_store(settings)
     counts: dict[str, int] = {}
     records = job_ids(store)
-    for job_id in orphaned_inputs(store, set(records), time.time() - ORPHAN_INPUTS_MAX_AGE_S):
-        store.delete_prefix(input_prefix(job_id))
+    for job_id in remove_orphaned_inputs(store, set(records), time.time() - ORPHAN_INPUTS_MAX_AGE_S):
         counts["orphan-inputs-removed"] = counts.get("orphan-inputs-removed", 0) + 1
         logger.info("job %s: inputs without a record removed", job_id)
     for job_id in records:
