@@ -233,7 +233,10 @@ def test_unknown_error_has_request_id_in_log(orphan_api: ApiServer) -> None:
 
     save_record(orphan_api.store, JobRecord(job_id="abcd1234", model_type="fusion", models=["fusion"]))
     with orphan_api.client() as client:
-        err = error_of(client.get("/jobs/abcd1234"), 500, "UNKNOWN_ERROR")
+        status = client.get("/jobs/abcd1234")  # Prefect down: 503, not a 500 (api/job_watch.py)
+        assert status.status_code == 503 and status.json()["error"]["details"]["service"] == "prefect"
+        assert int(status.headers["retry-after"]) > 0
+        err = error_of(client.post("/jobs", files=job_files()), 500, "UNKNOWN_ERROR")  # queueing failed
         request_id = err["details"]["request_id"]
         assert "ConnectError" not in err["message"]  # internals stay in the log
         health = client.get("/health")
