@@ -199,15 +199,24 @@ function fileUrl(model, name) {
   return `${jobPath}/files/${encodeURIComponent(model)}/${encodeURIComponent(name)}`;
 }
 
+// Answers worth asking again: an API replica whose view of the job is a moment behind (409), or
+// one that is busy or briefly cut off from storage (429, 502-504); also a dropped connection.
+const TRANSIENT = new Set([409, 429, 502, 503, 504]);
+const FILE_ATTEMPTS = 4;
+
 /** A blob URL of one result file, or null when it does not exist (older jobs, other formats). */
 async function blobUrl(model, name) {
-  try {
-    const response = await apiFetch(fileUrl(model, name));
-    if (!response.ok) return null;
-    return URL.createObjectURL(await response.blob());
-  } catch {
-    return null;
+  for (let attempt = 1; attempt <= FILE_ATTEMPTS; attempt++) {
+    try {
+      const response = await apiFetch(fileUrl(model, name));
+      if (response.ok) return URL.createObjectURL(await response.blob());
+      if (!TRANSIENT.has(response.status)) return null;
+    } catch {
+      /* network error: try again */
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** (attempt - 1)));
   }
+  return null;
 }
 
 async function image(model, name, caption) {
