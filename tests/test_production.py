@@ -11,7 +11,7 @@ import json
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -66,7 +66,7 @@ class Follower:
             if body["status"] in FINAL:
                 self.done_at[job_id] = time.monotonic()
 
-    def until(self, done: "callable", timeout: float, what: str) -> None:
+    def until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             assert time.monotonic() < deadline, f"{what} after {timeout:.0f} s: {self.last}"
@@ -101,6 +101,14 @@ def assert_completed_with_zip(api: httpx.Client, prod: ProductionStack, job_id: 
     store = prod.store()
     assert store.list(f"outputs/{job_id}/fusion/")
     assert not store.list(f"outputs/.staging/{job_id}/"), "staging is removed after publishing"
+
+
+def assert_unavailable_envelope(r: httpx.Response) -> None:
+    """A dependency down: the spec's error envelope with a 503 code of the catalogue, no trace."""
+    error = r.json()["error"]
+    assert set(error) == {"code", "message", "details", "suggestion"}, error
+    assert CATALOGUE[error["code"]].http_status == 503 and error["suggestion"]
+    assert "Traceback" not in r.text
 
 
 def test_two_jobs_at_once_run_on_both_workers(production_stack: ProductionStack, apis: list[httpx.Client],
@@ -177,10 +185,7 @@ def test_prefect_server_restart_mid_job(production_stack: ProductionStack, apis:
     codes = sorted({r.status_code for rs in answers.values() for r in rs})
     assert set(codes) <= {200, 503}, codes  # a stale view from memory, then 503; never a 500
     for r in (r for rs in answers.values() for r in rs if r.status_code == 503):
-        error = r.json()["error"]
-        assert set(error) == {"code", "message", "details", "suggestion"}
-        assert CATALOGUE[error["code"]].http_status == 503 and error["suggestion"]
-        assert "Traceback" not in r.text
+        assert_unavailable_envelope(r)
 
     follow.all_final()
     report("Prefect server stopped and started again", first_503_after_s=round(first_503_s, 1),
@@ -189,6 +194,24 @@ def test_prefect_server_restart_mid_job(production_stack: ProductionStack, apis:
     assert_completed_with_zip(api, prod, job_id, follow.seen[job_id])
     for other in apis[1:]:
         assert other.get(f"/jobs/{job_id}").json()["status"] == "completed"
+
+
+DB_OUTAGE_SECONDS = 12.0
+
+
+def poll_statuses(jobs: dict[str, httpx.Client], seconds: float) -> list[int]:
+    """Poll every job for `seconds`; every answer is a status or a 503 with the error envelope."""
+    codes: set[int] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for job_id, api in jobs.items():
+            r = api.get(f"/jobs/{job_id}")
+            codes.add(r.status_code)
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:
+                assert_unavailable_envelope(r)
+        time.sleep(0.5)
+    return sorted(codes)
 
 
 def set_pool_paused(paused: bool) -> None:
@@ -209,10 +232,11 @@ def test_postgres_restart_with_queued_jobs(production_stack: ProductionStack, ap
         jobs = {submit(apis[i % 2], case, "fusion"): apis[i % 2] for i in range(3)}
         follow = Follower(jobs)
         follow.poll()
-        assert set(follow.seen[j][-1] for j in jobs) == {"queued"}, follow.last
+        assert {follow.seen[j][-1] for j in jobs} == {"queued"}, follow.last
         restarted_at = time.monotonic()
         prod.stop("db")
-        time.sleep(3)  # the server and the APIs meet a database that is gone
+        # the server and the APIs meet a database that is gone: status is the last view, then 503
+        codes = poll_statuses(jobs, DB_OUTAGE_SECONDS)
         prod.start_db()
         db_restart_s = time.monotonic() - restarted_at
     finally:
@@ -227,7 +251,9 @@ def test_postgres_restart_with_queued_jobs(production_stack: ProductionStack, ap
                 time.sleep(1)
     resumed_s = time.monotonic() - restarted_at
     follow.all_final(timeout=3 * JOB_TIMEOUT)
+    assert prod.procs["prefect"].alive(), "the Prefect server outlived its database's restart"
     report("PostgreSQL restarted with 3 jobs queued", db_down_and_up_s=round(db_restart_s, 1),
+           status_codes_while_down=codes,
            prefect_answers_again_s=round(resumed_s, 1),
            restart_to_all_completed_s=round(max(follow.done_at.values()) - restarted_at, 1))
     for job_id, api in jobs.items():
