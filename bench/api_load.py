@@ -27,6 +27,13 @@ Targets (issue 3): status p99 <= 50 ms, upload adds <= 64 MiB to the API's RSS,
 submission-to-RUNNING <= 5 s.
 
     .venv/bin/python bench/api_load.py [--poll-seconds 60] [--running-rounds 5]
+    .venv/bin/python bench/api_load.py --stack production   # PostgreSQL, two APIs, two workers
+
+`--stack production` measures own_job_polling (and the closed loop) on the production-like stack
+of tests/fixtures/production.py instead: the Prefect server on PostgreSQL, two API processes on
+hosts of their own with the clients spread over both (client i polls API i % 2), S3 storage and
+two workers; the API CPU figures add up both processes. Upload and submit_to_running are
+embedded-stack measurements and are skipped there.
 """
 
 from __future__ import annotations
@@ -113,16 +120,20 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "max_ms": round(ordered[-1] * 1000, 2), "requests": len(ordered)}
 
 
-async def status_load(base: str, api_pid: int, job_ids: list[str], per_client: int, interval: float = 0.0) -> dict[str, Any]:
+async def status_load(base: str | list[str], api_pid: int | list[int], job_ids: list[str], per_client: int,
+                      interval: float = 0.0) -> dict[str, Any]:
     """CLIENTS concurrent pollers; client i polls job_ids[i % len(job_ids)] `per_client` times,
-    every `interval` seconds (0: closed loop, the next request as soon as the last one answered)."""
+    every `interval` seconds (0: closed loop, the next request as soon as the last one answered),
+    through API base[i % len(base)] when there are several."""
+    bases = [base] if isinstance(base, str) else base
+    pids = [api_pid] if isinstance(api_pid, int) else api_pid
     samples: list[float] = []
     timeline: list[tuple[float, float, str | None]] = []  # (sent at, latency, job status) per request
     errors: list[str] = []
     seen: dict[str, dict[str, int]] = {"first": {}, "last": {}}  # job statuses the clients saw
     # One AsyncClient (one connection) per simulated client, as 100 real clients would have: a
     # single pool of 100 connections spends most of its time in httpcore's own bookkeeping.
-    clients = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(CLIENTS)]
+    clients = [httpx.AsyncClient(base_url=bases[i % len(bases)], timeout=30) for i in range(CLIENTS)]
 
     async def one_client(i: int) -> None:
         client, job_id = clients[i], job_ids[i % len(job_ids)]
@@ -156,9 +167,9 @@ async def status_load(base: str, api_pid: int, job_ids: list[str], per_client: i
         await asyncio.gather(*(c.get(f"/jobs/{job_ids[i % len(job_ids)]}") for i, c in enumerate(clients)))
         if interval:
             await asyncio.sleep(interval)  # the pollers' own first polls start one interval later
-        started, cpu0 = time.perf_counter(), cpu_seconds(api_pid)
+        started, cpu0 = time.perf_counter(), sum(map(cpu_seconds, pids))
         await asyncio.gather(*(one_client(i) for i in range(CLIENTS)))
-        wall, cpu = time.perf_counter() - started, cpu_seconds(api_pid) - cpu0
+        wall, cpu = time.perf_counter() - started, sum(map(cpu_seconds, pids)) - cpu0
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
     out = {**percentiles(samples), "errors": len(errors), "error_kinds": sorted(set(errors)),
@@ -298,7 +309,11 @@ def main() -> None:
     parser.add_argument("--poll-seconds", type=float, default=60.0, help="how long the pollers poll")
     parser.add_argument("--running-rounds", type=int, default=5, help="0 skips submit_to_running")
     parser.add_argument("--skip-upload", action="store_true")
+    parser.add_argument("--stack", choices=["embedded", "production"], default="embedded")
     args = parser.parse_args()
+    if args.stack == "production":
+        production(args)
+        return
 
     root = Path(tempfile.mkdtemp(prefix="api-bench-"))
     home, data_dir, logs = root / "prefect", root / "data", root / "logs"
@@ -344,6 +359,31 @@ def main() -> None:
     finally:
         for proc in reversed(procs):
             proc.stop()
+
+
+def production(args: argparse.Namespace) -> None:
+    """own_job_polling on the production-like stack, clients spread over its two APIs."""
+    from tests.fixtures.production import start_production_stack
+
+    root = Path(tempfile.mkdtemp(prefix="api-bench-production-"))
+    root.chmod(0o755)  # PostgreSQL runs as nobody
+    prod = start_production_stack(root)
+    result: dict[str, Any] = {"stack": "production", "clients": CLIENTS, "cpu_count": os.cpu_count(),
+                              "apis": len(prod.api_urls), "isolated_hosts": prod.network.isolated,
+                              "target_measurement": TARGET_NOTE}
+    try:
+        bases, pids = prod.api_urls, [prod.procs[name].pid for name in ("api1", "api2")]
+        small = job_files(random_png(64, 64, "RGB", 1), random_png(64, 64, "L", 2))
+        with httpx.Client(base_url=bases[0], timeout=120) as client:
+            job_ids = prepare_job_mix(client, prod.prefect_api_url, small, sample_files())
+            polls = max(1, int(args.poll_seconds / args.poll_interval))
+            result["status_latency"] = {
+                "own_job_polling": asyncio.run(status_load(bases, pids, job_ids, polls, args.poll_interval)),
+                "same_job_closed_loop": asyncio.run(status_load(bases, pids, job_ids[-1:], args.requests_per_client)),
+            }
+        finish(result)
+    finally:
+        prod.close()
 
 
 def finish(result: dict[str, Any]) -> None:
