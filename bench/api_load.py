@@ -43,6 +43,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -384,6 +385,7 @@ def production(args: argparse.Namespace) -> None:
         finish(result)
     finally:
         prod.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def finish(result: dict[str, Any]) -> None:
