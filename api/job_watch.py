@@ -76,9 +76,9 @@ WATCH_IDLE_SECONDS = 900.0
 # Prefect client retries a refused connection with backoff for about a minute, far longer than
 # a client's request should hang while the server restarts.
 PREFECT_READ_TIMEOUT_SECONDS = 5.0
-# The catalogue's 503 whose meaning fits "the job service is briefly unable to answer; the job
-# is safe and this will pass" best: the spec has no code for a missing orchestration service.
-ORCHESTRATION_DOWN_CODE = "GPU_UNAVAILABLE"
+# Beyond the spec's table like STORAGE_UNAVAILABLE: its 503 codes name a full disk, exhausted
+# memory and a missing GPU, each of which would send an operator to the wrong component.
+ORCHESTRATION_DOWN_CODE = "ORCHESTRATION_UNAVAILABLE"
 
 
 def prefect_unavailable(job_id: str, exc: BaseException) -> ServiceError:

@@ -37,10 +37,13 @@ _KINDS = [
     # Not in the spec's table: only used when RECON_API_KEYS enables production authentication.
     ErrorKind("UNAUTHORIZED", 401, "Missing or invalid API key", "Send a valid API key in the X-API-Key header or as Authorization: Bearer <key>."),
     ErrorKind("RATE_LIMITED", 429, "Too many job submissions", "Slow down: wait before submitting more jobs."),
-    # Not in the spec's table either: the object store not answering. The spec's 503 codes name a
-    # full disk, exhausted memory and a missing GPU, each of which would send an operator to the
-    # wrong component.
+    # Not in the spec's table either: a dependency briefly away. The spec's 503 codes name a full
+    # disk, exhausted memory and a missing GPU, each of which would send an operator to the wrong
+    # component. First the object store not answering:
     ErrorKind("STORAGE_UNAVAILABLE", 503, "The object store is not answering", "Storage is temporarily unavailable. Try again after the Retry-After delay.", transient=True),
+    # The same for the orchestration server (Prefect) or its database: jobs are safe, the API
+    # cannot read their state for a moment.
+    ErrorKind("ORCHESTRATION_UNAVAILABLE", 503, "The orchestration server is not answering", "Your job is safe and keeps its place. Try again after the Retry-After delay.", transient=True),
 ]
 
 CATALOGUE: dict[str, ErrorKind] = {k.code: k for k in _KINDS}
