@@ -72,8 +72,10 @@ def test_stage_functions_compose(case: tuple[Path, dict], tmp_path: Path) -> Non
                                device="cpu")
     assert seen and max(seen) <= 1.0 and mesh.info["engine"]["version"]
     paths = pipeline.export_outputs(mesh, calibration, tmp_path, device="cpu")
-    assert {p.name for p in paths} == set(pipeline.OUTPUT_FILES) - {"quality.json"}
+    measured = {"quality.json"} | {f for f in pipeline.OUTPUT_FILES if f.startswith("view_")}  # written by measure_quality
+    assert {p.name for p in paths} == set(pipeline.OUTPUT_FILES) - measured
     report = pipeline.measure_quality(mesh, inputs, calibration, tmp_path, "fusion", device="cpu")
+    assert measured <= {p.name for p in tmp_path.iterdir()}
     assert json.loads((tmp_path / "quality.json").read_text())["psnr"] == pytest.approx(report["psnr"])
     with pytest.raises(Exception) as err:
         pipeline.run_engine("no-such-engine", inputs, calibration)
