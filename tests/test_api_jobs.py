@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from jobs.errors import ServiceError
-from jobs.record import load_record, output_key, update_record, utcnow
+from jobs.lifecycle.keys import output_key
+from jobs.lifecycle.record import load_record, update_record, utcnow
 from tests.fixtures.api import ApiServer, job_files, png_bytes
 
 STATUS_KEYS = {"job_id", "status", "progress", "current_model", "created_at", "updated_at", "error"}
@@ -62,10 +63,10 @@ def run_state(server: ApiServer, job_id: str):
 
 
 def report_progress(job_id: str, percent: float, rows: list[dict[str, Any]]) -> None:
-    """The two artifacts the flow's tasks keep up to date (keys from jobs.orchestration)."""
+    """The two artifacts the flow's tasks keep up to date (keys from jobs.lifecycle.progress)."""
     from prefect.artifacts import create_progress_artifact, create_table_artifact
 
-    from jobs.orchestration import models_artifact_key, progress_artifact_key
+    from jobs.lifecycle.progress import models_artifact_key, progress_artifact_key
 
     with warnings.catch_warnings():  # outside a flow run on purpose: this test is the worker
         warnings.simplefilter("ignore", FutureWarning)
@@ -321,9 +322,9 @@ def test_crashed_run_stays_processing_while_it_is_requeued(api: httpx.Client, ap
     runs that for real), so the API keeps reporting `processing` with its progress, no error."""
     from prefect.states import Crashed, Running
 
-    from jobs.orchestration import job_status
+    from jobs.lifecycle.status import status_of
 
-    assert job_status(Crashed()) == "processing"
+    assert status_of(Crashed()) == "processing"
     job_id = submit(api, "fusion")
     set_state(api_server, job_id, Running())
     report_progress(job_id, 30, [{"model": "fusion", "status": "running", "stage": "inference", "progress": 30}])

@@ -12,7 +12,7 @@ import zipfile
 import httpx
 from PIL import Image
 
-from jobs.record import output_key
+from jobs.lifecycle.keys import output_key
 from tests.fixtures.api import ApiServer
 from tests.test_api_jobs import error_of, set_state, submit, wait_status, write_outputs
 

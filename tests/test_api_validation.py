@@ -229,7 +229,7 @@ def orphan_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
 
 
 def test_unknown_error_has_request_id_in_log(orphan_api: ApiServer) -> None:
-    from jobs.record import JobRecord, save_record
+    from jobs.lifecycle.record import JobRecord, save_record
 
     save_record(orphan_api.store, JobRecord(job_id="abcd1234", model_type="fusion", models=["fusion"]))
     with orphan_api.client() as client:

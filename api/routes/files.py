@@ -22,7 +22,7 @@ from api.routes.download import check_ready, expired, published_at
 from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, RANGE_RESPONSES
 from jobs.errors import ServiceError
-from jobs.record import output_prefix
+from jobs.lifecycle.keys import output_prefix
 from jobs.storage import ObjectInfo, ObjectStore
 
 router = APIRouter(tags=["jobs"])
