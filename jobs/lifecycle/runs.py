@@ -40,6 +40,11 @@ WORK_POOL = "gpu"
 REPROCESS_TAG = "reprocess"
 _ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
 
+# How long POST /jobs waits for Prefect to create the run before answering 503: Prefect's client
+# retries a server that went away (once it had connected) for about a minute. A run created after
+# the wait gave up finds no record and fails at once; the client was told to submit again.
+SUBMIT_TIMEOUT_SECONDS = 30.0
+
 # A job whose flow runs crashed this often (their process or worker host died) is failed
 # instead of being retried again: it is probably what kills them.
 MAX_CRASHES = 2
@@ -119,11 +124,11 @@ async def submit_run(client: "PrefectClient", deployment: str, job_id: str, mode
     from prefect.deployments import arun_deployment
 
     try:
-        return await arun_deployment(
+        return await asyncio.wait_for(arun_deployment(
             name=deployment, client=client, parameters={"job_id": job_id, "model_type": model_type},
             timeout=0, flow_run_name=job_id, tags=run_tags(job_id, model_type), idempotency_key=job_id,
             as_subflow=False,
-        )
+        ), SUBMIT_TIMEOUT_SECONDS)
     except Exception as exc:
         if is_unavailable(exc):
             raise prefect_unavailable(job_id, exc, "Nothing was stored for this job. Submit it again after the "
