@@ -19,7 +19,7 @@ What is read when:
 - flow runs: every refresh, for watched jobs that are not final; final runs (Completed, Failed,
   Cancelled) every FINAL_RECHECK_SECONDS, since only a forced state change moves them (Crashed
   runs are refreshed every time: the crash automation requeues them).
-  Rows are parsed as plain JSON and only runs with a new state are validated (orchestration's
+  Rows are parsed as plain JSON and only runs with a new state are validated (jobs.lifecycle.runs'
   `read_flow_runs_by_id`), and a view is rebuilt only when one of its parts changed: the
   refresh runs on the event loop that answers the polls, so its CPU is their latency tail;
 - progress artifacts: every refresh, for jobs whose view uses them (`needs_progress`);
@@ -42,10 +42,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from api.job_view import JobView, build_view, needs_progress
 from jobs.lifecycle import JobRecord, load_record, status_of
-from jobs.lifecycle.progress import ReportedProgress, read_job_progress, read_jobs_progress
-from jobs.lifecycle.runs import find_flow_run, is_unavailable, prefect_unavailable, read_flow_runs_by_id
+from jobs.lifecycle.progress import ReportedProgress, read_jobs_progress
+from jobs.lifecycle.runs import (
+    find_flow_run,
+    is_unavailable,
+    prefect_unavailable,
+    read_flow_runs_by_id,
+)
+from jobs.lifecycle.view import JobView, build_view, needs_progress, read_view
 from jobs.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -185,11 +190,8 @@ class JobWatcher:
             raise
 
     async def _load_run(self, record: JobRecord, fetched: float) -> _Watched:
-        run = await find_flow_run(self.ctx.prefect, record.job_id, record.flow_run_id)
-        progress = ReportedProgress()
-        if run is not None and needs_progress(record, status_of(run.state)):
-            progress = await read_job_progress(self.ctx.prefect, record.job_id)
-        return _Watched(record, run, progress, build_view(record, run, progress), fetched, fetched)
+        run, progress, view = await read_view(self.ctx.prefect, record)
+        return _Watched(record, run, progress, view, fetched, fetched)
 
     # ---- the background refresh ----------------------------------------------------------------
 

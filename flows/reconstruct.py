@@ -28,7 +28,13 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
 from jobs.errors import ServiceError
-from jobs.lifecycle import DEFAULT_MODEL_TYPE, MODEL_TYPES, JobRecord, changes, engines_for
+from jobs.lifecycle import (
+    DEFAULT_MODEL_TYPE,
+    MODEL_TYPES,
+    JobRecord,
+    changes,
+    engines_for,
+)
 from jobs.lifecycle.runs import MAX_CRASHES, cancelled_state, crash_count
 from jobs.settings import get_settings
 from jobs.storage import get_store
@@ -76,6 +82,7 @@ def remove_work_dir(path: Path) -> None:
 def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bool = False) -> dict[str, Any]:
     """Reconstruct job `job_id` with the engines of `model_type` (jobs.lifecycle.engines_for)."""
     from jobs.models import resolve_device
+    from recon.engines import get_engine
     from tasks.cancellation import CancelWatch
     from tasks.context import JobRun, recon_options
     from tasks.export import export
@@ -83,7 +90,6 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     from tasks.inference import inference
     from tasks.load_weights import load_weights
     from tasks.metrics import metrics, quality_summary
-    from recon.engines import get_engine
     from tasks.progress import ProgressReporter
     from tasks.record import change_job_record, read_job_record
     from tasks.results import publish_results, stage_outputs

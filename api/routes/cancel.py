@@ -23,11 +23,11 @@ from pydantic import ValidationError
 
 from api.context import ApiContext, get_context
 from api.errors import api_error
-from api.job_view import JobView
 from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, CancelRequest, CancelResponse
 from jobs.errors import ServiceError
 from jobs.lifecycle import JobStatus, changes, runs
+from jobs.lifecycle.view import JobView
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger("api")

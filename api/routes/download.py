@@ -23,15 +23,15 @@ from fastapi.responses import StreamingResponse
 
 from api.context import ApiContext, get_context
 from api.errors import api_error
-from api.job_view import JobView, iso
 from api.ranges import if_range_allows, requested_range, slice_chunks
 from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, RANGE_RESPONSES
 from api.zipstream import ZipMember, stream_zip
 from jobs.errors import ServiceError
-from jobs.options import JobOptions, required_files
 from jobs.lifecycle import JobStatus
 from jobs.lifecycle.keys import file_name, output_file, output_key, output_prefix
+from jobs.lifecycle.view import JobView, iso
+from jobs.options import JobOptions, required_files
 from jobs.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 router = APIRouter(tags=["jobs"])

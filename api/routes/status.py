@@ -1,4 +1,4 @@
-"""GET /jobs/{job_id}: the job's status per DESIGN.md §4 (api.job_view), from memory (api.job_watch)."""
+"""GET /jobs/{job_id}: the job's status per DESIGN.md §4 (jobs.lifecycle.view), from memory (api.job_watch)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from api.context import ApiContext, get_context
-from api.job_view import JobView
 from api.schemas import ERROR_RESPONSES, JobStatusResponse
 from jobs.errors import ServiceError
+from jobs.lifecycle.view import JobView
 
 router = APIRouter(tags=["jobs"])
 

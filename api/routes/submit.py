@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 
 from api.context import ApiContext, get_context
 from api.errors import request_id_of
-from api.job_view import iso
 from api.schemas import ERROR_RESPONSES, JobSubmitted
 from api.uploads import TRANSFORMS_FIELD, ParsedUpload, receive_upload
 from jobs.errors import ServiceError
 from jobs.lifecycle import DEFAULT_MODEL_TYPE, MODEL_TYPES, changes, runs
+from jobs.lifecycle.view import iso
 from jobs.options import FORMATS, MAX_FACES, MIN_FACES, TEXTURE_SIZES, parse_options
 
 router = APIRouter(tags=["jobs"])

@@ -1,21 +1,24 @@
-"""A job as the API reports it: the job record (object store) + its flow run's state + the
-progress artifacts (all read through jobs.lifecycle), combined per DESIGN.md §4. Status, cancel and download all start from here;
-api/job_watch.py decides when the parts are read (GET /jobs/{id} is answered from memory).
+"""Reading a job: the job record (object store) + its flow run's state + the progress artifacts,
+combined per DESIGN.md §4 into the `JobView` that GET /jobs/{id}, the events, cancel and download
+all start from. api/job_watch.py decides when the parts are read (status is answered from memory).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from jobs.errors import ServiceError
-from jobs.lifecycle import JobRecord, JobStatus, state_label, status_of
-from jobs.lifecycle.progress import ModelRow, ReportedProgress
+from jobs.lifecycle.progress import ModelRow, ReportedProgress, read_job_progress
+from jobs.lifecycle.record import JobRecord
+from jobs.lifecycle.runs import find_flow_run
+from jobs.lifecycle.status import JobStatus, state_label, status_of
 
 if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun
 
 _ROW_STATUS = {"pending": "queued", "running": "processing"}  # table row words -> job words
@@ -178,3 +181,12 @@ def needs_progress(record: JobRecord, status: JobStatus) -> bool:
     if status == JobStatus.FAILED:
         return not record.error or len(record.models) > 1
     return status == JobStatus.CANCELLED and len(record.models) > 1
+
+
+async def read_view(client: "PrefectClient", record: JobRecord) -> tuple["FlowRun | None", ReportedProgress, JobView]:
+    """The job's flow run, its progress (only when the view uses it) and its view, read now."""
+    run = await find_flow_run(client, record.job_id, record.flow_run_id)
+    progress = ReportedProgress()
+    if run is not None and needs_progress(record, status_of(run.state)):
+        progress = await read_job_progress(client, record.job_id)
+    return run, progress, build_view(record, run, progress)
