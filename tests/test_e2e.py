@@ -83,8 +83,7 @@ def reprocess_runs(job_id: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-    from flows.reprocess import REPROCESS_TAG
-    from jobs.lifecycle.runs import job_tag
+    from jobs.lifecycle.runs import REPROCESS_TAG, job_tag
 
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[job_tag(job_id), REPROCESS_TAG])))
