@@ -1,12 +1,16 @@
-"""The FastAPI application: `create_app(settings)` for tests and the launcher, `app` for
+"""The FastAPI application: `create_app(settings)` for the launcher, `app` for
 `uvicorn api.app:app`. Prefect is reached through PREFECT_API_URL (required: without it Prefect
-would start a private in-process server that no worker polls)."""
+would start a private in-process server that no worker polls), or the `prefect_api_url` given
+(jobs.lifecycle.runs.connect).
+
+Routes get everything they use (settings, store, Prefect client, job watcher) from one
+dependency, `api.context.get_context`; `create_app(settings, store=..., prefect_api_url=...)`
+builds an app on a given store and Prefect server, which tests serve in-process (TestClient)."""
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -16,8 +20,9 @@ from fastapi import FastAPI
 from api.context import ApiContext
 from api.errors import install_error_handling
 from api.routes import cancel, docs, download, events, files, health, status, submit, ui
+from jobs.lifecycle import runs
 from jobs.settings import Settings, get_settings
-from jobs.storage import get_store
+from jobs.storage import ObjectStore, get_store
 
 API_VERSION = "0.1.0"
 DESCRIPTION = ("Six calibrated views and six depth renders in, a textured 3D mesh out. Jobs run as Prefect flow "
@@ -34,13 +39,6 @@ def _configure_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _require_prefect_api() -> None:
-    from prefect.settings import PREFECT_API_URL
-
-    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
-        raise RuntimeError("PREFECT_API_URL is not set: point the API at the Prefect server (see README)")
-
-
 def _freeze_startup_objects() -> None:
     """Exempt everything alive after start-up (FastAPI, Prefect, pydantic: ~130k objects) from
     the cyclic garbage collector. Unfrozen, a full collection scanned them all, a 260-340 ms
@@ -51,18 +49,18 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, store: ObjectStore | None = None,
+               prefect_api_url: str | None = None) -> FastAPI:
+    """The app; `store` and `prefect_api_url` replace the ones `settings` and the environment name."""
     settings = settings or get_settings()
     _configure_logging()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from prefect.client.orchestration import get_client
-
-        _require_prefect_api()
-        store = await anyio.to_thread.run_sync(get_store, settings)  # S3: creates the buckets
-        async with get_client() as client:
-            context = ApiContext(settings=settings, store=store, prefect=client)
+        client = runs.connect(prefect_api_url)
+        job_store = store or await anyio.to_thread.run_sync(get_store, settings)  # S3: creates the buckets
+        async with client:
+            context = ApiContext(settings=settings, store=job_store, prefect=client)
             app.state.context = context
             _freeze_startup_objects()
             context.views.start()

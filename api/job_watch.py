@@ -19,7 +19,7 @@ What is read when:
 - flow runs: every refresh, for watched jobs that are not final; final runs (Completed, Failed,
   Cancelled) every FINAL_RECHECK_SECONDS, since only a forced state change moves them (Crashed
   runs are refreshed every time: the crash automation requeues them).
-  Rows are parsed as plain JSON and only runs with a new state are validated (orchestration's
+  Rows are parsed as plain JSON and only runs with a new state are validated (jobs.lifecycle.runs'
   `read_flow_runs_by_id`), and a view is rebuilt only when one of its parts changed: the
   refresh runs on the event loop that answers the polls, so its CPU is their latency tail;
 - progress artifacts: every refresh, for jobs whose view uses them (`needs_progress`);
@@ -42,17 +42,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from api.job_view import JobView, build_view, needs_progress
-from jobs.errors import ServiceError
-from jobs.orchestration import (
-    JobProgress,
+from jobs.lifecycle import JobRecord, load_record, status_of
+from jobs.lifecycle.progress import ReportedProgress, read_jobs_progress
+from jobs.lifecycle.runs import (
     find_flow_run,
-    job_status,
+    is_unavailable,
+    prefect_unavailable,
     read_flow_runs_by_id,
-    read_job_progress,
-    read_jobs_progress,
 )
-from jobs.record import JobRecord, load_record
+from jobs.lifecycle.view import JobView, build_view, needs_progress, read_view
 from jobs.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -76,34 +74,13 @@ WATCH_IDLE_SECONDS = 900.0
 # Prefect client retries a refused connection with backoff for about a minute, far longer than
 # a client's request should hang while the server restarts.
 PREFECT_READ_TIMEOUT_SECONDS = 5.0
-# Beyond the spec's table like STORAGE_UNAVAILABLE: its 503 codes name a full disk, exhausted
-# memory and a missing GPU, each of which would send an operator to the wrong component.
-ORCHESTRATION_DOWN_CODE = "ORCHESTRATION_UNAVAILABLE"
-
-
-def prefect_unavailable(job_id: str, exc: BaseException) -> ServiceError:
-    return ServiceError(
-        ORCHESTRATION_DOWN_CODE, "The job service's orchestration server (Prefect) is not answering",
-        {"job_id": job_id, "service": "prefect", "reason": f"{type(exc).__name__}: {exc}"[:300]},
-        "Your job is safe and keeps its place. Try again in a few seconds.")
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    import httpx
-    from prefect.exceptions import PrefectHTTPStatusError
-
-    if isinstance(exc, PrefectHTTPStatusError):
-        return exc.response.status_code >= 500
-    return isinstance(exc, (asyncio.TimeoutError, httpx.TransportError))
-
-
 @dataclass
 class _Watched:
     """One watched job: what its view was built from, and when each part was read."""
 
     record: JobRecord
     run: "FlowRun | None"
-    progress: JobProgress
+    progress: ReportedProgress
     view: JobView
     fetched: float  # monotonic time of the last successful refresh (run state)
     record_read: float
@@ -183,7 +160,7 @@ class JobWatcher:
     def seed(self, record: JobRecord, run: "FlowRun") -> None:
         """Watch a job just created (POST /jobs): its first poll needs no lookup."""
         now = time.monotonic()
-        progress = JobProgress()
+        progress = ReportedProgress()
         self._watched[record.job_id] = _Watched(record, run, progress, build_view(record, run, progress), now, now)
 
     # ---- loading one job (a miss) ------------------------------------------------------------
@@ -208,16 +185,13 @@ class JobWatcher:
         try:
             return await asyncio.wait_for(self._load_run(record, fetched), PREFECT_READ_TIMEOUT_SECONDS)
         except Exception as exc:
-            if _is_unavailable(exc):
+            if is_unavailable(exc):
                 raise prefect_unavailable(job_id, exc) from exc
             raise
 
     async def _load_run(self, record: JobRecord, fetched: float) -> _Watched:
-        run = await find_flow_run(self.ctx.prefect, record.job_id, record.flow_run_id)
-        progress = JobProgress()
-        if run is not None and needs_progress(record, job_status(run.state)):
-            progress = await read_job_progress(self.ctx.prefect, record.job_id)
-        return _Watched(record, run, progress, build_view(record, run, progress), fetched, fetched)
+        run, progress, view = await read_view(self.ctx.prefect, record)
+        return _Watched(record, run, progress, view, fetched, fetched)
 
     # ---- the background refresh ----------------------------------------------------------------
 
@@ -259,7 +233,7 @@ class JobWatcher:
         records_read = time.monotonic()
 
         with_progress = [j for j, e in due.items() if runs[j] is not None
-                         and needs_progress(records.get(j) or e.record, job_status(runs[j].state))]
+                         and needs_progress(records.get(j) or e.record, status_of(runs[j].state))]
         progress = await read_jobs_progress(client, with_progress) if with_progress else {}
         rebuilt = 0
 
@@ -270,7 +244,7 @@ class JobWatcher:
                 del self._watched[job_id]
                 continue
             record = records.get(job_id) or entry.record
-            run, prog = runs[job_id], progress.get(job_id, JobProgress())
+            run, prog = runs[job_id], progress.get(job_id, ReportedProgress())
             if record != entry.record or _state_id(run) != _state_id(entry.run) or prog != entry.progress:
                 entry.view = build_view(record, run, prog)
                 rebuilt += 1

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-JobStatusValue = Literal["queued", "processing", "completed", "failed", "cancelled"]
+from jobs.lifecycle import JobStatus
 
 
 class ErrorObject(BaseModel):
@@ -49,14 +49,14 @@ class JobSubmitted(BaseModel):
 
 class ModelStatus(BaseModel):
     model: str
-    status: JobStatusValue
+    status: JobStatus
     progress: int = Field(ge=0, le=100)
     error: ErrorObject | None = None
 
 
 class JobStatusResponse(BaseModel):
     job_id: str
-    status: JobStatusValue
+    status: JobStatus
     progress: int = Field(ge=0, le=100)
     current_model: str | None
     created_at: str

@@ -29,7 +29,7 @@ from starlette.requests import Request
 
 from api.png_inflate import PngDataError, check_image_data
 from jobs.errors import ServiceError
-from jobs.record import safe_filename
+from jobs.lifecycle.keys import safe_filename
 from jobs.settings import Settings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

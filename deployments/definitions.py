@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.docker_pool import DOCKER_POOL
-from jobs.orchestration import WORK_POOL
+from jobs.lifecycle.runs import WORK_POOL
 
 MAINTENANCE_POOL = "maintenance"
 ZOMBIE_AUTOMATION = "recon: crash flow runs whose heartbeats stopped"

@@ -29,7 +29,7 @@ import httpx
 
 from deployments import stack
 from deployments.definitions import MAINTENANCE_POOL, register
-from jobs.orchestration import WORK_POOL
+from jobs.lifecycle.runs import WORK_POOL
 from jobs.settings import Settings, get_settings
 from recon_client import ReconClient
 

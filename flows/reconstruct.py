@@ -20,17 +20,22 @@ from __future__ import annotations
 
 import logging
 import shutil
-from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.states import Cancelled as CancelledState
 
 from jobs.errors import ServiceError
-from jobs.orchestration import DEFAULT_MODEL_TYPE, MAX_CRASHES, MODEL_TYPES, crash_count, engines_for
-from jobs.record import JobRecord, delete_job_files, staging_prefix, update_record, utcnow
+from jobs.lifecycle import (
+    DEFAULT_MODEL_TYPE,
+    MODEL_TYPES,
+    JobRecord,
+    changes,
+    engines_for,
+)
+from jobs.lifecycle.runs import MAX_CRASHES, cancelled_state, crash_count
 from jobs.settings import get_settings
 from jobs.storage import get_store
 from recon.errors import Cancelled
@@ -57,9 +62,9 @@ def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     settings = get_settings()
     store = get_store(settings)
     if flow_run.parameters.get("reprocess"):
-        store.delete_prefix(staging_prefix(job_id, str(flow_run.id)))
+        changes.drop_staging(store, job_id, str(flow_run.id))
     else:
-        discard_cancelled_job(store, job_id)
+        changes.discard_cancelled_job(store, job_id)
     remove_work_dir(work_dir(settings.work_root, job_id, str(flow_run.id)))
 
 
@@ -73,28 +78,11 @@ def remove_work_dir(path: Path) -> None:
         pass
 
 
-def discard_cancelled_job(store: Any, job_id: str) -> None:
-    """Delete a cancelled job's files and say so in its record (idempotent)."""
-    delete_job_files(store, job_id)
-
-    def mark(record: JobRecord) -> None:
-        now = utcnow()
-        record.cancelled_at = record.cancelled_at or now
-        record.results_deleted_at = record.results_deleted_at or now
-        for model in record.models:
-            if record.result(model).status in ("pending", "running"):
-                record.result(model).status = "cancelled"
-
-    try:
-        update_record(store, job_id, mark)
-    except KeyError:  # no record (never fully submitted): nothing to mark
-        pass
-
-
 @flow(name="reconstruct", flow_run_name="{job_id}", on_cancellation=[_on_cancellation], persist_result=False)
 def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bool = False) -> dict[str, Any]:
-    """Reconstruct job `job_id` with the engines of `model_type` (see jobs.orchestration)."""
+    """Reconstruct job `job_id` with the engines of `model_type` (jobs.lifecycle.engines_for)."""
     from jobs.models import resolve_device
+    from recon.engines import get_engine
     from tasks.cancellation import CancelWatch
     from tasks.context import JobRun, recon_options
     from tasks.export import export
@@ -102,7 +90,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     from tasks.inference import inference
     from tasks.load_weights import load_weights
     from tasks.metrics import metrics, quality_summary
-    from tasks.progress import JobProgress
+    from tasks.progress import ProgressReporter
     from tasks.record import change_job_record, read_job_record
     from tasks.results import publish_results, stage_outputs
     from tasks.validate import validate
@@ -119,7 +107,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     models = list(engines_for(model_type))
     flow_run_id = get_run_context().flow_run.id
     run_key = str(flow_run_id)
-    run = JobRun(job_id=job_id, settings=settings, store=store, progress=JobProgress(job_id, models),
+    run = JobRun(job_id=job_id, settings=settings, store=store, progress=ProgressReporter(job_id, models),
                  watch=CancelWatch(flow_run_id), workdir=work_dir(settings.work_root, job_id, run_key),
                  device=resolve_device(settings.device), options=recon_options(record.options))
     logger.info("job %s: model_type=%s engines=%s device=%s reprocess=%s options=%s", job_id, model_type, models,
@@ -128,7 +116,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     if crashes >= MAX_CRASHES:
         _fail_crashed_job(store, record, run_key, crashes, reprocess)
     if not reprocess:
-        change_job_record(store, job_id, lambda r: _mark_started(r, run_key, models), "validate")
+        change_job_record(partial(changes.start_run, store, job_id, run_key, models), "validate")
 
     current: str | None = None
     try:
@@ -146,7 +134,9 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         current = None
         published = publish_results(run, run_key)
         files = {m: sorted(p.name for p in (run.workdir / "outputs" / m).iterdir()) for m in published}
-        change_job_record(store, job_id, lambda r: _mark_completed(r, models, files, settings.retention_hours), "publish")
+        versions = {m: get_engine(m).version for m in models}
+        change_job_record(partial(changes.complete_run, store, job_id, files, versions, settings.retention_hours),
+                          "publish")
         run.progress.finished()
         summary = {m: quality_summary(q) for m, q in qualities.items()}
         logger.info("job %s completed: %s", job_id, summary)
@@ -155,14 +145,14 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         logger.info("job %s cancelled", job_id)
         run.progress.model_failed(None, "cancelled", None)
         _on_cancellation(None, get_run_context().flow_run, None)
-        return CancelledState(message="Job cancelled by the client")
+        return cancelled_state("Job cancelled by the client")
     except Exception as exc:
         error = exc if isinstance(exc, ServiceError) else stage_error(exc, current, "unknown")
         logger.error("job %s failed: %s", job_id, error.to_error_object())
-        store.delete_prefix(staging_prefix(job_id, run_key))
+        changes.drop_staging(store, job_id, run_key)
         run.progress.model_failed(current, "failed", error.to_error_object())
         if not reprocess:  # a failed reprocess keeps the job's earlier outcome
-            update_record(store, job_id, lambda r: _mark_failed(r, current, error))
+            changes.fail_run(store, job_id, current, error.to_error_object())
         raise error from exc
     finally:
         remove_work_dir(run.workdir)
@@ -182,40 +172,7 @@ def _fail_crashed_job(store: Any, record: JobRecord, run_key: str, crashes: int,
         details,
         "Try again with smaller inputs, or contact support if it happens again.",
     )
-    store.delete_prefix(staging_prefix(record.job_id, run_key))
+    changes.drop_staging(store, record.job_id, run_key)
     if not reprocess:
-        update_record(store, record.job_id, lambda r: _mark_failed(r, details.get("model"), error))
+        changes.fail_run(store, record.job_id, details.get("model"), error.to_error_object())
     raise error
-
-
-def _mark_started(record: JobRecord, run_key: str, models: list[str]) -> None:
-    record.flow_run_id = run_key
-    record.error = None
-    for model in models:
-        record.result(model).status = "running" if model == models[0] else "pending"
-
-
-def _mark_completed(record: JobRecord, models: list[str], files: dict[str, list[str]], retention_hours: float) -> None:
-    """Results, versions and retention of a completed run. A reprocess run leaves flow_run_id on
-    the job's own (completed) run: switching it would show the job as processing for the moment
-    between this write and the rerun's Completed state; reruns are found by their tags."""
-    from recon.engines import get_engine
-
-    now = utcnow()
-    record.error = None
-    record.results_deleted_at = None
-    record.expires_at = now + timedelta(hours=retention_hours)
-    for model in models:
-        result = record.result(model)
-        result.status = "completed"
-        result.files = files.get(model, [])
-        result.engine_version = get_engine(model).version
-        result.completed_at = now
-        record.engine_versions[model] = result.engine_version
-
-
-def _mark_failed(record: JobRecord, model: str | None, error: ServiceError) -> None:
-    record.error = error.to_error_object()
-    for name in record.models:
-        if name == model or record.result(name).status in ("pending", "running"):
-            record.result(name).status = "failed"

@@ -13,20 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
-from prefect.client.schemas.objects import StateType
-from prefect.deployments import run_deployment
 
-from jobs.orchestration import job_tag, run_tags
-from jobs.record import JobRecord, load_record
+from jobs.lifecycle import JobRecord, changes, load_record
+from jobs.lifecycle.runs import has_active_rerun, submit_rerun
 from jobs.settings import get_settings
 from jobs.storage import get_store
-from flows.cleanup import job_ids as all_job_ids
 from recon.engines import get_engine
-
-REPROCESS_TAG = "reprocess"
-ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
 
 
 def _version_key(version: str | None) -> tuple:
@@ -55,51 +47,32 @@ def outdated_models(record: JobRecord) -> list[str]:
     return stale
 
 
-def _has_active_rerun(client: Any, job_id: str) -> bool:
-    runs = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            tags=FlowRunFilterTags(all_=[job_tag(job_id), REPROCESS_TAG]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE)),
-        ),
-        limit=1,
-    )
-    return bool(runs)
-
-
 @flow(name="reprocess", persist_result=False)
 def reprocess(job_ids: list[str] | None = None, max_jobs: int = 100) -> dict[str, Any]:
     """Submit reruns for the listed jobs, or (none listed) for every job with outdated results."""
     logger = get_run_logger()
     settings = get_settings()
     store = get_store(settings)
-    candidates = job_ids or all_job_ids(store)
+    candidates = job_ids or changes.job_ids(store)
     submitted, skipped = [], {}
-    with get_client(sync_client=True) as client:
-        for job_id in candidates:
-            if len(submitted) >= max_jobs:
-                break
-            record = load_record(store, job_id)
-            if record is None:
-                skipped[job_id] = "no such job"
-                continue
-            if not job_ids and not outdated_models(record):
-                continue
-            if record.results_gone() or not store.list(f"inputs/{job_id}/"):
-                skipped[job_id] = "inputs or results no longer stored"
-                continue
-            if _has_active_rerun(client, job_id):
-                skipped[job_id] = "a rerun is already queued or running"
-                continue
-            run = run_deployment(
-                settings.deployment,
-                parameters={"job_id": job_id, "model_type": record.model_type, "reprocess": True},
-                flow_run_name=job_id,
-                tags=[*run_tags(job_id, record.model_type), REPROCESS_TAG],
-                timeout=0,
-                as_subflow=False,
-            )
-            submitted.append({"job_id": job_id, "flow_run_id": str(run.id)})
-            logger.info("job %s: rerun submitted as flow run %s", job_id, run.id)
+    for job_id in candidates:
+        if len(submitted) >= max_jobs:
+            break
+        record = load_record(store, job_id)
+        if record is None:
+            skipped[job_id] = "no such job"
+            continue
+        if not job_ids and not outdated_models(record):
+            continue
+        if record.results_gone() or not changes.inputs_stored(store, job_id):
+            skipped[job_id] = "inputs or results no longer stored"
+            continue
+        if has_active_rerun(job_id):
+            skipped[job_id] = "a rerun is already queued or running"
+            continue
+        run = submit_rerun(settings.deployment, job_id, record.model_type)
+        submitted.append({"job_id": job_id, "flow_run_id": str(run.id)})
+        logger.info("job %s: rerun submitted as flow run %s", job_id, run.id)
     for job_id, why in skipped.items():
         logger.info("job %s skipped: %s", job_id, why)
     return {"submitted": submitted, "skipped": skipped}

@@ -1,5 +1,5 @@
-"""Cancellation checks for long-running stages: reads the flow run's state through the Prefect
-client (throttled), so `Hooks.check()` between stages and inside engine loops notices a job that
+"""Cancellation checks for long-running stages: reads the flow run's state (jobs.lifecycle.runs,
+throttled), so `Hooks.check()` between stages and inside engine loops notices a job that
 the API moved to Cancelling, even before the worker stops the process."""
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ class CancelWatch:
         if now - self._last < self.interval:
             return False
         self._last = now
-        from prefect.client.orchestration import get_client
+        from jobs.lifecycle.runs import cancel_requested
 
         try:
-            with get_client(sync_client=True) as client:
-                state = client.read_flow_run(self.flow_run_id).state
+            self._cancelled = cancel_requested(self.flow_run_id)
         except Exception as exc:  # the server being briefly unreachable is no reason to stop
             log.warning("cancellation check failed: %s", exc)
             return False
-        self._cancelled = bool(state and (state.is_cancelling() or state.is_cancelled()))
         return self._cancelled

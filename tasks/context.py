@@ -19,7 +19,7 @@ from recon.hooks import Hooks
 from recon.options import ReconOptions
 from tasks.cancellation import CancelWatch
 from tasks.failures import BACKOFF_FACTOR, RETRIES, retry_transient
-from tasks.progress import JobProgress
+from tasks.progress import ProgressReporter
 
 
 @dataclass
@@ -27,7 +27,7 @@ class JobRun:
     job_id: str
     settings: Settings
     store: ObjectStore
-    progress: JobProgress
+    progress: ProgressReporter
     watch: CancelWatch
     workdir: Path  # per-run scratch directory, removed when the run ends
     device: str  # "cpu" or "cuda"

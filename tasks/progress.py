@@ -1,5 +1,6 @@
-"""Job progress as the API reads it: a Prefect progress artifact (0-100) and a table artifact with
-one row per model (keys and row shape from jobs/orchestration.py).
+"""The flow's side of a job's progress: where the job is (validate, then each model's stages) as
+a 0-100 percentage and one row per model, published through jobs.lifecycle.progress's artifacts
+(which the API reads back as `ReportedProgress`).
 
 Why throttled: engine hooks report many times a second; every artifact write is an HTTP request
 to the Prefect server, so fraction updates are written at most every `min_interval` seconds,
@@ -8,15 +9,12 @@ while stage and status changes (what a client polls for) are always written at o
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Callable
 
-from jobs.orchestration import ModelRow, models_artifact_key, progress_artifact_key
+from jobs.lifecycle.progress import ModelRow, ProgressArtifacts
 from recon.hooks import Hooks
-
-log = logging.getLogger(__name__)
 
 # Share of the job's 0-100 before the first model starts, and of each model's own 0..1 per stage.
 VALIDATE_SHARE = 0.10
@@ -28,7 +26,7 @@ STAGE_SPANS: dict[str, tuple[float, float]] = {
 }
 
 
-class JobProgress:
+class ProgressReporter:
     """Tracks and publishes a job's progress; one instance per flow run."""
 
     def __init__(self, job_id: str, models: list[str], min_interval: float = 1.0) -> None:
@@ -39,7 +37,7 @@ class JobProgress:
         }
         self.percent = 0.0
         self.min_interval = min_interval
-        self._artifact_id = None
+        self._artifacts = ProgressArtifacts(job_id)
         self._description = ""
         self._last_write = 0.0
         self._lock = threading.Lock()
@@ -88,25 +86,12 @@ class JobProgress:
         self._write(force=force, table=table)
 
     def _write(self, force: bool, table: bool) -> None:
-        from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-
         with self._lock:
             now = time.monotonic()
             if not force and now - self._last_write < self.min_interval:
                 return
             self._last_write = now
-            description = self._description
-            try:
-                if self._artifact_id is None:
-                    self._artifact_id = create_progress_artifact(
-                        self.percent, key=progress_artifact_key(self.job_id), description=description)
-                else:
-                    update_progress_artifact(self._artifact_id, self.percent, description=description)
-                if table:
-                    create_table_artifact([dict(r) for r in self.rows.values()],
-                                          key=models_artifact_key(self.job_id), description="per-model status")
-            except Exception as exc:  # progress is advisory: never fail a job over it
-                log.warning("could not write progress artifacts for %s: %s", self.job_id, exc)
+            self._artifacts.write(self.percent, self._description, list(self.rows.values()) if table else None)
 
 
 def _clip(x: float) -> float:

@@ -1,12 +1,12 @@
 """The job record's reads and writes of a flow run, as tasks: an object store that stops answering
 while a job starts or finishes is retried with backoff like staging and publishing are, instead
-of failing a job that has nothing wrong with it."""
+of failing a job that has nothing wrong with it. The writes themselves are jobs.lifecycle's."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-from jobs.record import JobRecord, load_record, update_record
+from jobs.lifecycle import JobRecord, load_record
 from jobs.storage import ObjectStore
 from tasks.context import stage_task
 from tasks.failures import failing_as
@@ -19,7 +19,8 @@ def read_job_record(store: ObjectStore, job_id: str) -> JobRecord | None:
 
 
 @stage_task("update_record")
-def change_job_record(store: ObjectStore, job_id: str, change: Callable[[JobRecord], None], stage: str) -> None:
-    """Apply `change` (idempotent: a retry may apply it to a record it was already saved in)."""
+def change_job_record(change: Callable[[], Any], stage: str) -> None:
+    """Run `change`, a jobs.lifecycle.changes transition bound to its job (idempotent: a retry
+    may apply it to a record it was already saved in)."""
     with failing_as(None, stage):
-        update_record(store, job_id, change)
+        change()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.errors import ServiceError
-from jobs.record import output_prefix, staging_prefix
+from jobs.lifecycle.keys import output_key, output_prefix, staged_file, staging_prefix
 from jobs.storage import ObjectStore
 from recon.options import DEFAULT_FORMATS
 from tasks.context import JobRun, stage_task
@@ -37,27 +37,26 @@ def stage_model(store: ObjectStore, job_id: str, run_key: str, model: str, folde
                            {"job_id": job_id, "model": model, "missing": missing})
     total = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        total += store.put_file(f"{staging_prefix(job_id, run_key)}{model}/{path.relative_to(folder).as_posix()}", path)
+        total += store.put_file(staging_prefix(job_id, run_key, model) + path.relative_to(folder).as_posix(), path)
     return total
 
 
 def publish(store: ObjectStore, job_id: str, run_key: str) -> list[str]:
     """Copy the staged models over the job's results, drop stale files, remove the staging copy.
     Returns the published model names."""
-    staged = staging_prefix(job_id, run_key)
-    items = store.list(staged)
-    models = sorted({item.key[len(staged):].split("/", 1)[0] for item in items})
+    items = [(item, staged_file(job_id, run_key, item.key)) for item in store.list(staging_prefix(job_id, run_key))]
+    models = sorted({model for _, (model, _) in items})
     for model in models:
         new_keys = set()
-        for item in (i for i in items if i.key.startswith(f"{staged}{model}/")):
-            final = output_prefix(job_id) + item.key[len(staged):]
+        for item, (_, name) in (entry for entry in items if entry[1][0] == model):
+            final = output_key(job_id, model, name)
             with store.open(item.key) as src:
                 store.put_stream(final, src, item.size)
             new_keys.add(final)
         for old in store.list(output_prefix(job_id, model)):
             if old.key not in new_keys:
                 store.delete(old.key)
-    store.delete_prefix(staged)
+    store.delete_prefix(staging_prefix(job_id, run_key))
     return models
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.lifecycle.keys import input_name, input_prefix, transforms_key
 from jobs.storage import ObjectStore
 from recon.hooks import Hooks
 from recon.types import Calibration, Inputs
@@ -13,10 +14,9 @@ from tasks.failures import failing_as
 
 
 def _upload_order(key: str) -> tuple[int, str]:
-    """Input keys are inputs/{job}/views/{i}-{name}: sort by i, the upload order."""
-    name = key.rsplit("/", 1)[1]
-    index, _, _ = name.partition("-")
-    return (int(index) if index.isdigit() else 1 << 30, name)
+    """Input keys name their upload index: sort by it."""
+    index, name = input_name(key)
+    return (1 << 30 if index is None else index, name)
 
 
 def download_inputs(store: ObjectStore, job_id: str, dest: Path) -> tuple[list[Path], list[Path], Path | None]:
@@ -24,18 +24,17 @@ def download_inputs(store: ObjectStore, job_id: str, dest: Path) -> tuple[list[P
     name stem); plus transforms.json when the client uploaded cameras."""
     groups: dict[str, list[Path]] = {}
     for kind in ("views", "depths"):
-        keys = sorted((o.key for o in store.list(f"inputs/{job_id}/{kind}/")), key=_upload_order)
+        keys = sorted((o.key for o in store.list(input_prefix(job_id, kind))), key=_upload_order)
         paths = []
         for i, key in enumerate(keys):
-            index, _, name = key.rsplit("/", 1)[1].partition("-")
-            path = dest / kind / str(i) / (name or index)  # one folder per file: names may repeat
+            path = dest / kind / str(i) / input_name(key)[1]  # one folder per file: names may repeat
             store.download_file(key, path)
             paths.append(path)
         groups[kind] = paths
     transforms = None
-    if store.exists(f"inputs/{job_id}/transforms.json"):
+    if store.exists(transforms_key(job_id)):
         transforms = dest / "transforms.json"
-        store.download_file(f"inputs/{job_id}/transforms.json", transforms)
+        store.download_file(transforms_key(job_id), transforms)
     return groups["views"], groups["depths"], transforms
 
 

@@ -1,8 +1,9 @@
 """Result access over HTTP on the real API and Prefect server: single files
 (GET /jobs/{id}/files/{model}/{filename}) and resumable ZIP downloads (Range, If-Range, ETag).
 
-As in test_api_jobs.py, jobs sit on a deployment no worker polls; the test completes them through
-Prefect's API and writes the files the flow would have published."""
+As in test_api_jobs.py, the app is served in-process (TestClient) and jobs sit on a deployment no
+worker polls; the test completes them through Prefect's API and writes the files the flow would
+have published."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import zipfile
 import httpx
 from PIL import Image
 
-from jobs.record import output_key
-from tests.fixtures.api import ApiServer
-from tests.test_api_jobs import error_of, set_state, submit, wait_status, write_outputs
+from jobs.lifecycle.keys import output_key
+from tests.fixtures.api import ApiServer, LocalApi
+from tests.test_api_jobs import api, error_of, set_state, submit, wait_status, write_outputs  # noqa: F401 (api: fixture)
 
 
-def completed_job(api: httpx.Client, server: ApiServer, extra: dict[str, bytes] | None = None) -> tuple[str, dict[str, bytes]]:
+def completed_job(api: httpx.Client, server: ApiServer | LocalApi, extra: dict[str, bytes] | None = None) -> tuple[str, dict[str, bytes]]:
     from prefect.states import Completed
 
     job_id = submit(api, "fusion")
@@ -37,7 +38,7 @@ def webp_bytes() -> bytes:
     return buf.getvalue()
 
 
-def test_single_files_with_their_content_types(api: httpx.Client, api_server: ApiServer) -> None:
+def test_single_files_with_their_content_types(api: httpx.Client, local_api: LocalApi) -> None:
     from prefect.states import Failed
 
     queued = submit(api, "fusion")
@@ -45,7 +46,7 @@ def test_single_files_with_their_content_types(api: httpx.Client, api_server: Ap
     assert err["details"]["job_id"] == queued
     error_of(api.get("/jobs/zzzz9999/files/fusion/mesh.glb"), 404, "JOB_NOT_FOUND")
 
-    job_id, files = completed_job(api, api_server, {"turntable.webp": webp_bytes()})
+    job_id, files = completed_job(api, local_api, {"turntable.webp": webp_bytes()})
     base = f"/jobs/{job_id}/files/fusion"
     for name, content_type in [("mesh.glb", "model/gltf-binary"), ("turntable.webp", "image/webp"),
                                ("preview_textured_0.png", "image/png"), ("quality.json", "application/json")]:
@@ -68,21 +69,21 @@ def test_single_files_with_their_content_types(api: httpx.Client, api_server: Ap
     # Path traversal: encoded slashes and dot segments never reach a store key outside the results.
     for path in (f"{base}/..%2F..%2F..%2Fjobs%2F{job_id}%2Fjob.json", f"/jobs/{job_id}/files/%2E%2E/job.json",
                  f"/jobs/{job_id}/files/fusion/..", f"{base}/%2E%2E%2Fmesh.glb"):
-        response = api.get(httpx.URL(api_server.url + path))
+        response = api.get(httpx.URL(str(api.base_url).rstrip("/") + path))  # as sent: no normalising
         assert response.status_code == 404, (path, response.text)
         assert set(response.json()) == {"error"} and "inputs" not in response.text
 
-    api_server.store.delete_prefix(f"outputs/{job_id}/")
+    local_api.store.delete_prefix(f"outputs/{job_id}/")
     error_of(api.get(f"{base}/mesh.glb"), 410, "JOB_EXPIRED")
 
     failed = submit(api, "fusion")
-    set_state(api_server, failed, Failed(message="boom"))
+    set_state(local_api, failed, Failed(message="boom"))
     wait_status(api, failed, "failed")
     error_of(api.get(f"/jobs/{failed}/files/fusion/mesh.glb"), 500, "MODEL_FAILED")
 
 
-def test_download_is_byte_identical_and_resumable(api: httpx.Client, api_server: ApiServer) -> None:
-    job_id, files = completed_job(api, api_server)
+def test_download_is_byte_identical_and_resumable(api: httpx.Client, local_api: LocalApi) -> None:
+    job_id, files = completed_job(api, local_api)
     url = f"/jobs/{job_id}/download"
 
     # A range first: the server measures the archive to answer it.

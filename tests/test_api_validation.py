@@ -1,13 +1,13 @@
-"""Every 4xx of POST /jobs triggered by a real bad request over HTTP, plus /health, request ids and
-the error envelope. The API runs in uvicorn against the real Prefect server (tests/fixtures/api.py);
-no worker polls its pool, so nothing here runs a flow."""
+"""Every 4xx of POST /jobs triggered by a real bad request, plus /health, request ids, the error
+envelope and the 503s while Prefect is away. The app is served in-process (TestClient,
+tests/fixtures/api.py `local_api`) against the real Prefect server and a real store; no worker
+polls its pool, so nothing here runs a flow."""
 
 from __future__ import annotations
 
 import errno
 import io
-import json
-import socket
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jobs.storage import StorageUnavailable
-from tests.fixtures.api import ApiServer, job_files, png_bytes, start_api
+from tests.fixtures.api import LocalApi, idle_settings, job_files, make_local_api, png_bytes
 
 ENVELOPE_KEYS = {"code", "message", "details", "suggestion"}
 
@@ -32,23 +32,30 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict:
     return body["error"]
 
 
-def stored_keys(server: ApiServer) -> set[str]:
+def stored_keys(server: LocalApi) -> set[str]:
     return {i.key for prefix in ("inputs/", "jobs/") for i in server.store.list(prefix)}
 
 
 @pytest.fixture
-def nothing_stored(api_server: ApiServer) -> Iterator[None]:
+def api(local_api: LocalApi) -> Iterator[httpx.Client]:
+    """This module's requests go to the in-process app (the conftest `api` is the uvicorn one)."""
+    with local_api.client() as client:
+        yield client
+
+
+@pytest.fixture
+def nothing_stored(local_api: LocalApi) -> Iterator[None]:
     """The test's rejected requests leave no inputs and no job record behind."""
-    before = stored_keys(api_server)
+    before = stored_keys(local_api)
     yield
-    assert stored_keys(api_server) == before
+    assert stored_keys(local_api) == before
 
 
 # ---- POST /jobs: counts, model_type, formats, sizes ------------------------------------------
 
 
 @pytest.mark.parametrize("views,depths,field", [(5, 6, "views"), (6, 7, "depth_renders"), (6, 0, "depth_renders")])
-def test_wrong_file_count(api: httpx.Client, nothing_stored: None, api_server: ApiServer, views: int, depths: int, field: str) -> None:
+def test_wrong_file_count(api: httpx.Client, nothing_stored: None, local_api: LocalApi, views: int, depths: int, field: str) -> None:
     err = error_of(api.post("/jobs", files=job_files(views, depths)), 422, "INVALID_FILE_COUNT")
     assert err["details"]["field"] == field
     assert err["suggestion"] == "Upload exactly 6 view images and 6 depth render images."
@@ -61,7 +68,7 @@ def test_bracket_spelling_counts_the_same(api: httpx.Client) -> None:
     assert err["details"] == {"field": "depth_renders", "expected": 6, "received": 5}
 
 
-def test_invalid_model_type(api: httpx.Client, nothing_stored: None, api_server: ApiServer) -> None:
+def test_invalid_model_type(api: httpx.Client, nothing_stored: None, local_api: LocalApi) -> None:
     err = error_of(api.post("/jobs", files=job_files(), data={"model_type": "nerf"}), 422, "VALIDATION_FAILED")
     assert "model_type" in err["details"]["fields"]
 
@@ -100,7 +107,7 @@ def _bomb_png() -> bytes:
     ],
     ids=["not-png", "truncated", "extension", "bomb"],
 )
-def test_invalid_file_format(api: httpx.Client, nothing_stored: None, api_server: ApiServer, name: str, content: bytes | None, needle: str) -> None:
+def test_invalid_file_format(api: httpx.Client, nothing_stored: None, local_api: LocalApi, name: str, content: bytes | None, needle: str) -> None:
     if content is None:
         content = _truncated_png() if needle == "truncat" else png_bytes(16, 16)
     elif content == b"bomb":
@@ -109,48 +116,34 @@ def test_invalid_file_format(api: httpx.Client, nothing_stored: None, api_server
     err = error_of(api.post("/jobs", files=files), 422, "INVALID_FILE_FORMAT")
     assert needle in err["message"].lower(), err
     assert err["suggestion"] == "Ensure all uploaded files are valid PNG images."
-    assert list((api_server.settings.data_dir / "tmp").iterdir()) == []  # spooled files removed
+    assert list((local_api.settings.data_dir / "tmp").iterdir()) == []  # spooled files removed
 
 
-def test_file_over_20mb(api: httpx.Client, nothing_stored: None, api_server: ApiServer) -> None:
+def test_file_over_20mb(api: httpx.Client, nothing_stored: None, local_api: LocalApi) -> None:
     big = b"\x89PNG\r\n\x1a\n" + bytes(21 * 1024 * 1024)
     files = [("views", ("front.png", big, "image/png"))] + job_files(5, 6)
     err = error_of(api.post("/jobs", files=files), 422, "FILE_TOO_LARGE")
     assert err["details"]["field"] == "views" and err["details"]["max_file_bytes"] == 20 * 1024 * 1024
 
 
-def test_request_over_limit_by_content_length(api_server: ApiServer) -> None:
+def test_request_over_limit_by_content_length(api: httpx.Client) -> None:
     """A body declared larger than 200 MB is refused before any of it is read."""
-    host, port = api_server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 300000000\r\n\r\n--b\r\n")
-        data = b""
-        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 422"), head
-    assert json.loads(body)["error"]["code"] == "FILE_TOO_LARGE"
+    response = api.post("/jobs", content=b"--b\r\n", headers={
+        "Content-Type": "multipart/form-data; boundary=b", "Content-Length": "300000000"})
+    assert error_of(response, 422, "FILE_TOO_LARGE")["details"]["max_request_bytes"] == 200 * 1024 * 1024
 
 
 # ---- an API with small limits and RECON_DEVICE=cuda on this GPU-less host ---------------------
 
 
 @pytest.fixture(scope="module")
-def strict_api(prefect_server: str, api_server: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    data_dir = tmp_path_factory.mktemp("strict-api")
-    env = {"RECON_DATA_DIR": str(data_dir), "RECON_DEVICE": "cuda", "RECON_MAX_FILE_BYTES": str(1024 * 1024),
-           "RECON_MAX_REQUEST_BYTES": str(3 * 1024 * 1024), "RECON_DEPLOYMENT": api_server.settings.deployment,
-           "RECON_WORK_POOL": api_server.settings.work_pool}
-    server = start_api(prefect_server, env, data_dir / "logs", name="strict-api")
-    yield server
-    server.stop()
+def strict_api(prefect_server: str, local_api: LocalApi, tmp_path_factory: pytest.TempPathFactory) -> LocalApi:
+    settings = idle_settings(tmp_path_factory.mktemp("strict-api"), device="cuda", max_file_bytes=1024 * 1024,
+                             max_request_bytes=3 * 1024 * 1024)
+    return make_local_api(prefect_server, settings)
 
 
-def test_request_over_limit_while_streaming(strict_api: ApiServer) -> None:
+def test_request_over_limit_while_streaming(strict_api: LocalApi) -> None:
     """Chunked upload (no Content-Length): the per-request limit is enforced while reading."""
     png = png_bytes(500, 500, "RGB", seed=3, compress_level=0)  # ~750 KB, under the 1 MB file limit
     boundary = "streamedboundary"
@@ -168,7 +161,7 @@ def test_request_over_limit_while_streaming(strict_api: ApiServer) -> None:
     assert stored_keys(strict_api) == set()
 
 
-def test_health_cuda_required_without_gpu(strict_api: ApiServer) -> None:
+def test_health_cuda_required_without_gpu(strict_api: LocalApi) -> None:
     with strict_api.client() as client:
         response = client.get("/health")
     assert response.status_code == 503, response.text
@@ -213,45 +206,53 @@ def test_api_does_not_import_torch_or_recon() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# ---- unexpected exceptions: a Prefect API that is down -------------------------------------------
+# ---- a Prefect API that is down ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def orphan_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """An API whose Prefect server is not running (a closed port), without client retries."""
+def orphan_api(tmp_path_factory: pytest.TempPathFactory) -> LocalApi:
+    """An API whose Prefect server is not running (a closed port)."""
     from deployments import stack
 
-    data_dir = tmp_path_factory.mktemp("orphan-api")
-    env = {"RECON_DATA_DIR": str(data_dir), "PREFECT_CLIENT_MAX_RETRIES": "0"}
-    server = start_api(f"http://127.0.0.1:{stack.free_port()}/api", env, data_dir / "logs", name="orphan-api")
-    yield server
-    server.stop()
+    return make_local_api(f"http://127.0.0.1:{stack.free_port()}/api",
+                          idle_settings(tmp_path_factory.mktemp("orphan-api")))
 
 
-def test_unknown_error_has_request_id_in_log(orphan_api: ApiServer) -> None:
-    from jobs.record import JobRecord, save_record
+def test_prefect_down_is_503_on_every_route(orphan_api: LocalApi) -> None:
+    from jobs.lifecycle.record import JobRecord, save_record
 
     save_record(orphan_api.store, JobRecord(job_id="abcd1234", model_type="fusion", models=["fusion"]))
     with orphan_api.client() as client:
-        status = client.get("/jobs/abcd1234")  # Prefect down: 503, not a 500 (api/job_watch.py)
-        assert status.status_code == 503 and status.json()["error"]["details"]["service"] == "prefect"
-        assert int(status.headers["retry-after"]) > 0
-        err = error_of(client.post("/jobs", files=job_files()), 500, "UNKNOWN_ERROR")  # queueing failed
-        request_id = err["details"]["request_id"]
-        assert "ConnectError" not in err["message"]  # internals stay in the log
+        for response in (client.get("/jobs/abcd1234"), client.post("/jobs", files=job_files()),
+                         client.post("/jobs/abcd1234/cancel"), client.get("/jobs/abcd1234/download")):
+            err = error_of(response, 503, "ORCHESTRATION_UNAVAILABLE")
+            assert err["details"]["service"] == "prefect" and "ConnectError" in err["details"]["reason"]
+            assert int(response.headers["retry-after"]) > 0
         health = client.get("/health")
-    assert f"request_id={request_id}" in orphan_api.log_text()
-    assert "Traceback" in orphan_api.log_text()
     assert health.status_code == 503 and health.json()["prefect"]["reachable"] is False
 
 
-def test_submission_failure_leaves_nothing(orphan_api: ApiServer) -> None:
+def test_submission_failure_leaves_nothing(orphan_api: LocalApi) -> None:
     records_before = orphan_api.store.list("jobs/")
     with orphan_api.client() as client:
-        err = error_of(client.post("/jobs", files=job_files()), 500, "UNKNOWN_ERROR")
-    assert err["details"]["request_id"]
+        err = error_of(client.post("/jobs", files=job_files()), 503, "ORCHESTRATION_UNAVAILABLE")
+    assert "Nothing was stored" in err["suggestion"]
     assert orphan_api.store.list("inputs/") == []
     assert orphan_api.store.list("jobs/") == records_before
+
+
+def test_unknown_error_has_request_id_in_log(local_api: LocalApi, caplog: pytest.LogCaptureFixture) -> None:
+    """An exception no handler knows: 500 UNKNOWN_ERROR with a request id, the traceback in the log
+    under the same id, the internals not in the answer. (A job record the store cannot parse.)"""
+    local_api.store.put_bytes("jobs/bad00000/job.json", b"{not json")
+    with caplog.at_level(logging.ERROR, logger="api"), local_api.client() as client:
+        err = error_of(client.get("/jobs/bad00000"), 500, "UNKNOWN_ERROR")
+    request_id = err["details"]["request_id"]
+    assert "not json" not in err["message"] and "ValidationError" not in err["message"]
+    logged = "\n".join(r.getMessage() + (str(r.exc_info) if r.exc_info else "") for r in caplog.records)
+    assert f"request_id={request_id}" in logged, logged
+    assert any(r.exc_info or "Traceback" in r.getMessage() for r in caplog.records)
+    local_api.store.delete("jobs/bad00000/job.json")
 
 
 # ---- exception classes -> catalogue codes (the middleware on its own) --------------------------

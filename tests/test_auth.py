@@ -1,6 +1,6 @@
-"""Production API keys and the submission rate limit (api/auth.py) on the real API: uvicorn in a
-subprocess with RECON_API_KEYS and RECON_RATE_LIMIT_PER_MINUTE set, against the real Prefect server;
-valid submissions go to a deployment no worker polls, so they stay queued."""
+"""Production API keys and the submission rate limit (api/auth.py) on the real API app, served
+in-process (TestClient) with api_keys and rate_limit_per_minute set, against the real Prefect
+server and a real store; valid submissions go to a deployment no worker polls, so they stay queued."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.fixtures.api import IDLE_POOL, ApiServer, job_files, register_idle_deployment, start_api
+from tests.fixtures.api import LocalApi, idle_settings, job_files, make_local_api, register_idle_deployment
 
 KEY_A = "test-key-alpha-0123456789"
 KEY_B = "test-key-bravo-9876543210"
@@ -18,27 +18,16 @@ ERROR_FIELDS = {"code", "message", "details", "suggestion"}
 
 
 @pytest.fixture(scope="module")
-def secured_api(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    deployment = register_idle_deployment(prefect_server)
-    data_dir = tmp_path_factory.mktemp("auth-api-data")
-    env = {
-        "RECON_DATA_DIR": str(data_dir),
-        "RECON_STORAGE": "fs",
-        "RECON_DEVICE": "cpu",
-        "RECON_DEPLOYMENT": deployment,
-        "RECON_WORK_POOL": IDLE_POOL,
-        "RECON_API_KEYS": f" {KEY_A} , {KEY_B} ",  # whitespace around keys is ignored
-        "RECON_RATE_LIMIT_PER_MINUTE": str(LIMIT),
-    }
-    server = start_api(prefect_server, env, data_dir / "logs", name="auth-api")
-    try:
-        yield server
-    finally:
-        server.stop()
+def secured_api(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> LocalApi:
+    register_idle_deployment(prefect_server)
+    settings = idle_settings(tmp_path_factory.mktemp("auth-api-data"), device="cpu",
+                             api_keys=f" {KEY_A} , {KEY_B} ",  # whitespace around keys is ignored
+                             rate_limit_per_minute=LIMIT)
+    return make_local_api(prefect_server, settings)
 
 
 @pytest.fixture
-def client(secured_api: ApiServer) -> Iterator[httpx.Client]:
+def client(secured_api: LocalApi) -> Iterator[httpx.Client]:
     with secured_api.client() as c:
         yield c
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 import trimesh
 
-from jobs.record import load_record, staging_prefix
+from jobs.lifecycle.keys import staging_prefix
+from jobs.lifecycle.record import load_record
 from recon.engines import available_engines
 from tests.fixtures.api import ApiServer
 from tests.test_e2e import render_small_case, submit, wait_for
@@ -100,7 +101,7 @@ def test_generated_mesh_file_goes_through_the_flow_tasks_with_alignment_in_quali
     from tasks.context import JobRun
     from tasks.export import export
     from tasks.metrics import metrics
-    from tasks.progress import JobProgress
+    from tasks.progress import ProgressReporter
     from tasks.results import publish_results, stage_outputs
 
     truth = json.loads((small_case / "truth.json").read_text())
@@ -117,7 +118,7 @@ def test_generated_mesh_file_goes_through_the_flow_tasks_with_alignment_in_quali
     @flow(persist_result=False)
     def post_process() -> dict:
         flow_run_id = get_run_context().flow_run.id
-        run = JobRun(job_id=job_id, settings=settings, store=store, progress=JobProgress(job_id, ["reconviagen"]),
+        run = JobRun(job_id=job_id, settings=settings, store=store, progress=ProgressReporter(job_id, ["reconviagen"]),
                      watch=CancelWatch(flow_run_id), workdir=tmp_path / "work", device="cpu")
         v, f, colours = load_generated_mesh(generated)
         mesh = finish_generated_mesh(v, f, inputs, calibration, vertex_colors=colours, texture_size=512,

@@ -20,7 +20,7 @@ import pytest
 import trimesh
 
 from deployments import stack
-from jobs.record import load_record, update_record
+from jobs.lifecycle.record import load_record, update_record
 from recon.engines import available_engines, get_engine
 from recon.pipeline import OUTPUT_FILES
 from tests.fixtures.api import ApiServer
@@ -83,8 +83,7 @@ def reprocess_runs(job_id: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-    from flows.reprocess import REPROCESS_TAG
-    from jobs.orchestration import job_tag
+    from jobs.lifecycle.runs import REPROCESS_TAG, job_tag
 
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[job_tag(job_id), REPROCESS_TAG])))
@@ -194,7 +193,7 @@ def test_cleanup_expires_results(api: httpx.Client, stack_api: ApiServer, comple
 
     from prefect.deployments import run_deployment
 
-    from jobs.record import utcnow
+    from jobs.lifecycle.record import utcnow
 
     job_id = completed_job["job_id"]
     assert api.get(f"/jobs/{job_id}/download").status_code == 200

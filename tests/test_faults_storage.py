@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from deployments import stack
-from jobs.record import load_record
+from jobs.lifecycle.record import load_record
 from jobs.storage import ObjectStore
 from tests.fixtures.api import ApiServer, start_api
 from tests.fixtures.s3 import ACCESS_KEY, REGION, SECRET_KEY, unique_bucket_prefix
@@ -289,7 +289,7 @@ def stage_of(job_id: str) -> str | None:
 
     from prefect.client.orchestration import get_client
 
-    from jobs.orchestration import read_job_progress
+    from jobs.lifecycle.progress import read_job_progress
 
     async def read() -> str | None:
         async with get_client() as client:
@@ -363,7 +363,7 @@ def test_submission_while_storage_is_down_answers_503_and_stores_nothing(
 
 def test_outage_in_the_middle_of_an_upload_leaves_no_record_and_cleanup_removes_its_inputs(
         api: httpx.Client, storage_stack: StorageStack, case: Path) -> None:
-    from flows.cleanup import job_ids, remove_orphaned_inputs
+    from jobs.lifecycle.changes import job_ids, remove_orphaned_inputs
 
     store = storage_stack.store
     running = submit(api, case)  # on the direct endpoint: must ride out the same outage

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flows.cleanup import job_ids, orphaned_inputs, sweep_job
+from jobs.lifecycle.changes import job_ids, orphaned_inputs, sweep_job
 from flows.reprocess import _version_key, outdated_models
-from jobs.record import JobRecord, load_record, save_record, utcnow
+from jobs.lifecycle.record import JobRecord, load_record, save_record, utcnow
 from recon.engines import get_engine
 
 WINDOW = 3600.0

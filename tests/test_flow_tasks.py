@@ -11,13 +11,14 @@ import pytest
 from prefect import flow
 
 from jobs.errors import ServiceError
-from jobs.orchestration import read_job_progress
+from jobs.lifecycle.progress import read_job_progress
 from recon.errors import GpuUnavailable, ValidationFailed, VramOOM
 from recon.pipeline import OUTPUT_FILES
 from tasks.context import stage_task
 from tasks.failures import failing_as, is_transient
-from tasks.progress import JobProgress
-from jobs.record import delete_job_files, staging_prefix
+from tasks.progress import ProgressReporter
+from jobs.lifecycle.changes import delete_job_files
+from jobs.lifecycle.keys import staging_prefix
 from tasks.results import publish, stage_model
 
 
@@ -121,7 +122,7 @@ def test_progress_artifacts_read_back_like_the_api(prefect_server: str) -> None:
 
     @flow(persist_result=False)
     def report() -> None:
-        progress = JobProgress(job_id, ["reconviagen", "nvdiffrec"], min_interval=0.0)
+        progress = ProgressReporter(job_id, ["reconviagen", "nvdiffrec"], min_interval=0.0)
         progress.validate(1.0)
         progress.stage("reconviagen", "inference", 0.5)
         asyncio.run(read())

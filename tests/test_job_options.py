@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from jobs.options import DEFAULT_FORMATS, FORMATS
-from jobs.record import load_record
+from jobs.lifecycle.record import load_record
 from recon import options as recon_options
 from tests.fixtures.api import ApiServer, job_files
 from tests.test_api_jobs import STATUS_KEYS
@@ -72,7 +72,7 @@ def test_service_and_recon_agree_on_formats() -> None:
 
 
 def test_record_from_before_options_loads_without_them() -> None:
-    from jobs.record import JobRecord
+    from jobs.lifecycle.record import JobRecord
 
     old = {"job_id": "abcd1234", "model_type": "fusion", "models": ["fusion"]}  # no "options" key
     record = JobRecord.model_validate(old)

@@ -16,7 +16,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from jobs.record import load_record
+from jobs.lifecycle.record import load_record
 from recon.pipeline import output_files
 from recon.rig import SLOTS
 from tests.fixtures.api import ApiServer

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from jobs.errors import CATALOGUE
-from jobs.record import load_record
+from jobs.lifecycle.record import load_record
 from recon.pipeline import OUTPUT_FILES
 from tests.fixtures.prefect import ZOMBIE_SECONDS
 from tests.fixtures.production import ProductionStack

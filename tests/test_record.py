@@ -9,17 +9,14 @@ import pytest
 from pydantic import ValidationError
 
 from jobs.errors import ServiceError
-from jobs.record import (
+from jobs.lifecycle.keys import input_key, output_key, record_key, safe_filename
+from jobs.lifecycle.record import (
     InputFile,
     InputManifest,
     JobRecord,
-    input_key,
     is_job_id,
     load_record,
     new_job_id,
-    output_key,
-    record_key,
-    safe_filename,
     save_record,
     update_record,
 )

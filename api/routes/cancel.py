@@ -3,7 +3,8 @@
 Step 1 (no body, or confirm=false) records `cancel_requested_at`. Step 2 (confirm=true within
 `settings.cancel_confirm_seconds`) proposes Cancelling to Prefect: a queued run becomes Cancelled
 at once and the API deletes its files; a running run is stopped by its worker, whose cancellation
-hook deletes the files (the cleanup flow sweeps anything left).
+hook deletes the files (the cleanup flow sweeps anything left). Both go through
+jobs.lifecycle (`runs.request_cancellation`, `changes.record_cancellation`).
 
 A confirm=true without a valid step 1 (never requested, or older than the window) is taken as
 step 1: the two steps exist to prevent accidental aborts, so a lone confirmation must not cancel
@@ -18,18 +19,15 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from prefect.client.schemas.objects import StateType
 from pydantic import ValidationError
 
 from api.context import ApiContext, get_context
 from api.errors import api_error
-from api.job_view import JobView
 from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, CancelRequest, CancelResponse
 from jobs.errors import ServiceError
-from jobs.orchestration import request_cancellation
-from jobs.record import JobRecord, delete_job_files, update_record, utcnow
-from jobs.storage import ObjectStore
+from jobs.lifecycle import JobStatus, changes, runs
+from jobs.lifecycle.view import JobView
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger("api")
@@ -53,17 +51,6 @@ async def _confirm_flag(request: Request) -> bool:
                            {"fields": {"confirm": str(exc).splitlines()[0]}}) from None
 
 
-def discard_cancelled_job(store: ObjectStore, job_id: str) -> None:
-    """Delete a cancelled job's files and mark its record (status and 410 on download)."""
-    delete_job_files(store, job_id)
-
-    def mark(record: JobRecord) -> None:
-        record.cancelled_at = record.cancelled_at or utcnow()
-        record.results_deleted_at = record.results_deleted_at or utcnow()
-
-    update_record(store, job_id, mark)
-
-
 def _not_cancellable(view: JobView) -> ServiceError:
     """The spec answers a finished job with 400 JOB_NOT_READY (its table says 409; the endpoint
     section is followed)."""
@@ -84,9 +71,9 @@ def _window(seconds: float) -> str:
 async def cancel_job(job_id: str, request: Request, ctx: ApiContext = Depends(get_context)) -> JSONResponse:
     view = await require_view(ctx, job_id, fresh=True)
     confirm = await _confirm_flag(request)
-    if view.status in ("completed", "failed"):
+    if view.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         raise _not_cancellable(view)
-    if view.status == "cancelled":
+    if view.status == JobStatus.CANCELLED:
         return JSONResponse({"job_id": job_id, "status": "cancelled", "message": ALREADY})
 
     window = ctx.settings.cancel_confirm_seconds
@@ -95,12 +82,9 @@ async def cancel_job(job_id: str, request: Request, ctx: ApiContext = Depends(ge
         if flow_run_id is None:
             raise api_error("JOB_NOT_READY", "The job's flow run is not created yet; try again in a moment",
                             {"job_id": job_id, "current_state": view.spec_state}, status=400)
-        new_state = await request_cancellation(ctx.prefect, flow_run_id)
-        if new_state == StateType.CANCELLED:  # never started: nothing else will clean up
-            await ctx.io(discard_cancelled_job, ctx.store, job_id)
-        elif new_state == StateType.CANCELLING:
-            await ctx.io(update_record, ctx.store, job_id, lambda r: setattr(r, "cancelled_at", utcnow()))
-        else:  # the run finished between our read and the proposal
+        new_state = await runs.request_cancellation(ctx.prefect, flow_run_id)
+        if not await ctx.io(changes.record_cancellation, ctx.store, job_id, new_state):
+            # the run finished between our read and the proposal
             ctx.views.invalidate(job_id)
             view = await require_view(ctx, job_id, fresh=True)
             raise _not_cancellable(view)
@@ -108,7 +92,7 @@ async def cancel_job(job_id: str, request: Request, ctx: ApiContext = Depends(ge
         log.info("job %s cancelled (flow run %s -> %s)", job_id, flow_run_id, new_state.value)
         return JSONResponse({"job_id": job_id, "status": "cancelled", "message": CONFIRMED})
 
-    await ctx.io(update_record, ctx.store, job_id, lambda r: setattr(r, "cancel_requested_at", utcnow()))
+    await ctx.io(changes.request_cancel, ctx.store, job_id)
     ctx.views.invalidate(job_id)
     message = REQUESTED_AGAIN.format(window=_window(window)) if confirm else REQUESTED
     return JSONResponse({"job_id": job_id, "status": "cancel_requested", "message": message})

@@ -23,14 +23,15 @@ from fastapi.responses import StreamingResponse
 
 from api.context import ApiContext, get_context
 from api.errors import api_error
-from api.job_view import JobView, iso
 from api.ranges import if_range_allows, requested_range, slice_chunks
 from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, RANGE_RESPONSES
 from api.zipstream import ZipMember, stream_zip
 from jobs.errors import ServiceError
+from jobs.lifecycle import JobStatus
+from jobs.lifecycle.keys import file_name, output_file, output_key, output_prefix
+from jobs.lifecycle.view import JobView, iso
 from jobs.options import JobOptions, required_files
-from jobs.record import output_prefix
 from jobs.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 router = APIRouter(tags=["jobs"])
@@ -52,12 +53,12 @@ def expired(job_id: str, reason: str) -> ServiceError:
 def check_ready(view: JobView) -> None:
     """Raise the spec's answer for a job whose results cannot be served (409, 410, 500)."""
     job_id = view.job_id
-    if view.status in ("queued", "processing"):
+    if view.status in (JobStatus.QUEUED, JobStatus.PROCESSING):
         raise ServiceError("JOB_NOT_READY", f"Job '{job_id}' is still processing ({view.progress}% complete)",
                            {"job_id": job_id, "progress": view.progress, "state": view.spec_state})
-    if view.status == "cancelled":
+    if view.status == JobStatus.CANCELLED:
         raise expired(job_id, "the job was cancelled and its files were deleted")
-    if view.status == "failed":
+    if view.status == JobStatus.FAILED:
         err = ServiceError.from_error_object(view.error or {})
         raise api_error(err.code, err.message, err.details, status=500)
     if view.record.results_gone():
@@ -68,15 +69,14 @@ def _outputs(store: ObjectStore, job_id: str, models: list[str],
              options: JobOptions) -> dict[str, list[ObjectInfo]]:
     """Files of each model, or 410/500 when they are gone or incomplete."""
     found: dict[str, list[ObjectInfo]] = {m: [] for m in models}
-    prefix = output_prefix(job_id)
-    for info in store.list(prefix):
-        model, _, name = info.key[len(prefix):].partition("/")
-        if model in found and name and "/" not in name:
+    for info in store.list(output_prefix(job_id)):
+        model, _ = output_file(job_id, info.key) or ("", "")
+        if model in found:
             found[model].append(info)
     if not any(found.values()):
         raise expired(job_id, "the job's output files are gone")
     missing = [f"{m}/{f}" for m in models for f in (*required_files(options), *REQUIRED_FILES)
-               if f not in {i.key.rsplit("/", 1)[-1] for i in found[m]}]
+               if f not in {file_name(i.key) for i in found[m]}]
     if missing:
         raise ServiceError("INCOMPLETE_RESULTS", f"Job '{job_id}' has incomplete results",
                            {"job_id": job_id, "missing": missing})
@@ -100,8 +100,8 @@ def _readme(view: JobView, outputs: dict[str, list[ObjectInfo]], store: ObjectSt
              f"model_type: {record.model_type}", f"created_at: {iso(record.created_at)}",
              f"completed_at: {iso(view.updated_at)}", ""]
     for model, files in outputs.items():
-        quality = _quality_line(store, f"{output_prefix(record.job_id, model)}quality.json")
-        lines += [f"{model}/  ({quality})"] + [f"  {i.key.rsplit('/', 1)[-1]}" for i in files] + [""]
+        quality = _quality_line(store, output_key(record.job_id, model, "quality.json"))
+        lines += [f"{model}/  ({quality})"] + [f"  {file_name(i.key)}" for i in files] + [""]
     lines += ["mesh.glb: binary glTF with the baked texture embedded",
               "mesh.obj + mesh.mtl + texture.png: Wavefront OBJ", "mesh.ply: PLY with vertex colours",
               "mesh.stl: STL (geometry only); mesh.gltf + mesh.bin + texture.png: glTF with separate files",
@@ -182,7 +182,7 @@ async def download(
     check_ready(view)
     outputs = await ctx.io(_outputs, ctx.store, job_id, view.record.models, view.record.options)
     readme = await ctx.io(_readme, view, outputs, ctx.store)
-    members = [ZipMember(f"{model}/{info.key.rsplit('/', 1)[-1]}", info.size, partial(ctx.store.iter_chunks, info.key))
+    members = [ZipMember(f"{model}/{file_name(info.key)}", info.size, partial(ctx.store.iter_chunks, info.key))
                for model, files in outputs.items() for info in files]
     members.append(ZipMember("README.txt", len(readme), lambda: [readme]))
     modified = published_at(view)

@@ -23,9 +23,9 @@ from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.context import ApiContext, get_context
-from api.job_view import JobView
 from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES
+from jobs.lifecycle.view import JobView
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger("api")

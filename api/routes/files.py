@@ -16,13 +16,13 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import Response, StreamingResponse
 
 from api.context import ApiContext, get_context
-from api.job_view import JobView
 from api.ranges import ByteRange, if_range_allows, requested_range
 from api.routes.download import check_ready, expired, published_at
 from api.routes.status import require_view
 from api.schemas import ERROR_RESPONSES, RANGE_RESPONSES
 from jobs.errors import ServiceError
-from jobs.record import output_prefix
+from jobs.lifecycle.keys import output_prefix
+from jobs.lifecycle.view import JobView
 from jobs.storage import ObjectInfo, ObjectStore
 
 router = APIRouter(tags=["jobs"])

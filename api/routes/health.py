@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from api.context import ApiContext, get_context
 from api.schemas import HealthResponse
 from jobs.gpu import gpu_info
-from jobs.orchestration import workers_polling
+from jobs.lifecycle.runs import prefect_healthcheck, workers_polling
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 3.0
@@ -29,18 +29,12 @@ async def _check(coro: Any) -> tuple[Any, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-async def _prefect_ok(ctx: ApiContext) -> None:
-    failure = await ctx.prefect.api_healthcheck()
-    if failure is not None:
-        raise failure
-
-
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
     settings = ctx.settings
     (gpu, gpu_err), (_, prefect_err), (_, store_err), (polling, workers_err) = await asyncio.gather(
         _check(ctx.io(gpu_info)),
-        _check(_prefect_ok(ctx)),
+        _check(prefect_healthcheck(ctx.prefect)),
         _check(ctx.io(ctx.store.ping)),
         _check(workers_polling(ctx.prefect, settings.work_pool)),
     )

@@ -1,14 +1,14 @@
-"""GET /jobs/{job_id}: the job's status per DESIGN.md §4 (api.job_view), from memory (api.job_watch)."""
+"""GET /jobs/{job_id}: the job's status per DESIGN.md §4 (jobs.lifecycle.view), from memory (api.job_watch)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from api.context import ApiContext
-from api.job_view import JobView
+from api.context import ApiContext, get_context
 from api.schemas import ERROR_RESPONSES, JobStatusResponse
 from jobs.errors import ServiceError
+from jobs.lifecycle.view import JobView
 
 router = APIRouter(tags=["jobs"])
 
@@ -27,8 +27,6 @@ async def require_view(ctx: ApiContext, job_id: str, *, fresh: bool = False) -> 
 
 @router.get("/jobs/{job_id}", response_model=JobStatusResponse, responses=ERROR_RESPONSES,
             summary="Get the current status of a reconstruction job")
-async def job_status(job_id: str, request: Request) -> Response:
-    # The context is read directly rather than through Depends: this is the endpoint every client
-    # polls, and FastAPI's dependency resolution is a third of its cost.
-    view = await require_view(request.app.state.context, job_id)
+async def job_status(job_id: str, ctx: ApiContext = Depends(get_context)) -> Response:
+    view = await require_view(ctx, job_id)
     return Response(view.status_json, media_type="application/json")

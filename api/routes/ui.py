@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.csp import csp_headers
 from jobs.options import DEFAULT_FORMATS, FORMATS, MAX_FACES, MIN_FACES, TEXTURE_SIZES
-from jobs.orchestration import DEFAULT_MODEL_TYPE, MODEL_TYPES
+from jobs.lifecycle import DEFAULT_MODEL_TYPE, MODEL_TYPES
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"  # shell.html + one <main> per page

@@ -1,28 +1,24 @@
-"""A job as the API reports it: the job record (object store) + its flow run's state + the
-progress artifacts, combined per DESIGN.md §4. Status, cancel and download all start from here;
-api/job_watch.py decides when the parts are read (GET /jobs/{id} is answered from memory).
+"""Reading a job: the job record (object store) + its flow run's state + the progress artifacts,
+combined per DESIGN.md §4 into the `JobView` that GET /jobs/{id}, the events, cancel and download
+all start from. api/job_watch.py decides when the parts are read (status is answered from memory).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from jobs.errors import ServiceError
-from jobs.orchestration import (
-    SPEC_STATE_NAMES,
-    JobProgress,
-    JobStatus,
-    ModelRow,
-    job_status,
-    state_label,
-)
-from jobs.record import JobRecord
+from jobs.lifecycle.progress import ModelRow, ReportedProgress, read_job_progress
+from jobs.lifecycle.record import JobRecord
+from jobs.lifecycle.runs import find_flow_run
+from jobs.lifecycle.status import JobStatus, state_label, status_of
 
 if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun
 
 _ROW_STATUS = {"pending": "queued", "running": "processing"}  # table row words -> job words
@@ -48,7 +44,7 @@ class JobView:
     @property
     def spec_state(self) -> str:
         """The state as the spec's examples name it (PENDING, PROGRESS, SUCCESS, FAILURE, REVOKED)."""
-        return SPEC_STATE_NAMES[self.status]
+        return self.status.spec_state
 
     def status_body(self) -> dict[str, Any]:
         """GET /jobs/{job_id}: exactly the spec's fields, plus `models` for model_type both and
@@ -83,7 +79,7 @@ def iso(value: datetime) -> str:
     return aware(value).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _stage_details(record: JobRecord, progress: JobProgress) -> dict[str, Any]:
+def _stage_details(record: JobRecord, progress: ReportedProgress) -> dict[str, Any]:
     """Which model and pipeline stage a run was in when it stopped (from the models table)."""
     active = [r for r in progress.models or [] if r.get("status") in ("running", "failed")]
     details: dict[str, Any] = {"job_id": record.job_id}
@@ -95,10 +91,10 @@ def _stage_details(record: JobRecord, progress: JobProgress) -> dict[str, Any]:
     return details
 
 
-def active_stage(status: JobStatus, progress: JobProgress) -> str | None:
+def active_stage(status: JobStatus, progress: ReportedProgress) -> str | None:
     """The pipeline stage a processing job is in, from the models table: the running model's
     stage, `validate` before any model started, `publish` once every model is done."""
-    if status != "processing":
+    if status != JobStatus.PROCESSING:
         return None
     rows = progress.models or []
     running = [r for r in rows if r.get("status") == "running"]
@@ -109,7 +105,7 @@ def active_stage(status: JobStatus, progress: JobProgress) -> str | None:
     return "validate"
 
 
-def failure_error(record: JobRecord, run: "FlowRun | None", progress: JobProgress) -> dict[str, Any]:
+def failure_error(record: JobRecord, run: "FlowRun | None", progress: ReportedProgress) -> dict[str, Any]:
     """The error object of a failed job: the one the flow recorded, else one made from the run's
     final state (a crashed worker or a timeout never reaches the flow's own error handling)."""
     if record.error:
@@ -129,17 +125,17 @@ def failure_error(record: JobRecord, run: "FlowRun | None", progress: JobProgres
     return ServiceError("MODEL_FAILED", message, details).to_error_object()
 
 
-def _model_rows(record: JobRecord, status: JobStatus, progress: JobProgress, error: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _model_rows(record: JobRecord, status: JobStatus, progress: ReportedProgress, error: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Per-model status for model_type both: one row per engine, in run order."""
     by_model: dict[str, ModelRow] = {r.get("model", ""): r for r in progress.models or []}
     rows = []
     for model in record.models:
         row = by_model.get(model, {})
         row_status = _ROW_STATUS.get(str(row.get("status", "pending")), str(row.get("status", "pending")))
-        if status == "completed":
+        if status == JobStatus.COMPLETED:
             row_status = "completed"
-        elif status in ("failed", "cancelled") and row_status in ("queued", "processing"):
-            row_status = status
+        elif status in (JobStatus.FAILED, JobStatus.CANCELLED) and row_status in ("queued", "processing"):
+            row_status = status.value
         row_progress = 100 if row_status == "completed" else int(row.get("progress") or 0)
         row_error = row.get("error")
         if row_status == "failed" and not row_error and error and (error.get("details") or {}).get("model") == model:
@@ -149,22 +145,22 @@ def _model_rows(record: JobRecord, status: JobStatus, progress: JobProgress, err
     return rows
 
 
-def build_view(record: JobRecord, run: "FlowRun | None", progress: JobProgress) -> JobView:
+def build_view(record: JobRecord, run: "FlowRun | None", progress: ReportedProgress) -> JobView:
     state = run.state if run is not None else None
-    status = job_status(state)
-    if status == "completed":
+    status = status_of(state)
+    if status == JobStatus.COMPLETED:
         percent = 100
-    elif status == "queued":
+    elif status == JobStatus.QUEUED:
         percent = 0
     else:
         percent = progress.progress or 0
-    error = failure_error(record, run, progress) if status == "failed" else None
+    error = failure_error(record, run, progress) if status == JobStatus.FAILED else None
     current = progress.current_model
-    if current is None and status == "processing" and record.models:
+    if current is None and status == JobStatus.PROCESSING and record.models:
         current = record.models[0]
-    elif status == "completed":
+    elif status == JobStatus.COMPLETED:
         current = record.models[-1] if record.models else None  # the model that finished last
-    elif status == "failed" and current is None and error:
+    elif status == JobStatus.FAILED and current is None and error:
         current = (error.get("details") or {}).get("model")
     times = [record.updated_at]
     if state is not None and state.timestamp is not None:
@@ -180,8 +176,17 @@ def build_view(record: JobRecord, run: "FlowRun | None", progress: JobProgress) 
 def needs_progress(record: JobRecord, status: JobStatus) -> bool:
     """Whether the artifacts add anything: a queued job has none and a completed one is at 100%,
     so most lookups cost one Prefect request instead of two."""
-    if status == "processing":
+    if status == JobStatus.PROCESSING:
         return True
-    if status == "failed":
+    if status == JobStatus.FAILED:
         return not record.error or len(record.models) > 1
-    return status == "cancelled" and len(record.models) > 1
+    return status == JobStatus.CANCELLED and len(record.models) > 1
+
+
+async def read_view(client: "PrefectClient", record: JobRecord) -> tuple["FlowRun | None", ReportedProgress, JobView]:
+    """The job's flow run, its progress (only when the view uses it) and its view, read now."""
+    run = await find_flow_run(client, record.job_id, record.flow_run_id)
+    progress = ReportedProgress()
+    if run is not None and needs_progress(record, status_of(run.state)):
+        progress = await read_job_progress(client, record.job_id)
+    return run, progress, build_view(record, run, progress)

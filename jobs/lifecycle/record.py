@@ -1,6 +1,7 @@
 """The job record (`jobs/{job_id}/job.json`): what the object store remembers about a job beyond
 the Prefect flow run: inputs, cancellation, retention, engine versions, the error object and the
-per-model results. Free of Prefect and FastAPI so that api/, flows/ and tasks/ all read one shape.
+per-model results. Free of Prefect and FastAPI. Only jobs.lifecycle writes it (its transitions in
+jobs/lifecycle/changes.py); api/, flows/ and tasks/ read it.
 
 Writes are whole-object and atomic (the store's contract); two writers racing on one record keep
 the last write, so writers use `update_record`, which re-reads just before writing.
@@ -17,6 +18,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from jobs.lifecycle.keys import record_key
 from jobs.options import JobOptions
 from jobs.storage import ObjectNotFound, ObjectStore
 
@@ -25,7 +27,20 @@ JOB_ID_LENGTH = 8
 JOB_ID_RE = re.compile(rf"^[a-z0-9]{{{JOB_ID_LENGTH}}}$")
 
 ModelStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+# model_type -> the engines a job runs, in order (`both` runs reconviagen then nvdiffrec).
+MODEL_TYPES: dict[str, tuple[str, ...]] = {
+    "reconviagen": ("reconviagen",),
+    "nvdiffrec": ("nvdiffrec",),
+    "both": ("reconviagen", "nvdiffrec"),
+    "fusion": ("fusion",),
+}
+DEFAULT_MODEL_TYPE = "reconviagen"
+
+
+def engines_for(model_type: str) -> tuple[str, ...]:
+    """The engines a job of this model_type runs (KeyError for an unknown type)."""
+    return MODEL_TYPES[model_type]
 
 
 def utcnow() -> datetime:
@@ -40,51 +55,6 @@ def new_job_id() -> str:
 
 def is_job_id(value: str) -> bool:
     return bool(JOB_ID_RE.match(value))
-
-
-# Object keys of a job, in one place (layout in DEVELOPERS.md).
-
-
-def record_key(job_id: str) -> str:
-    return f"jobs/{job_id}/job.json"
-
-
-def safe_filename(name: str) -> str:
-    """A client's file name reduced to one safe key segment ("../a b.png" -> "a_b.png")."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = _UNSAFE_NAME.sub("_", base).strip("._") or "file"
-    return cleaned[:120]
-
-
-def input_key(job_id: str, kind: Literal["views", "depths"], index: int, name: str) -> str:
-    return f"inputs/{job_id}/{kind}/{index}-{safe_filename(name)}"
-
-
-def input_prefix(job_id: str) -> str:
-    return f"inputs/{job_id}/"
-
-
-def output_prefix(job_id: str, model: str | None = None) -> str:
-    return f"outputs/{job_id}/{model}/" if model else f"outputs/{job_id}/"
-
-
-# Results of a run are written here first and published only when every model is complete.
-STAGING = "outputs/.staging"
-
-
-def staging_prefix(job_id: str, run_key: str | None = None) -> str:
-    return f"{STAGING}/{job_id}/{run_key}/" if run_key else f"{STAGING}/{job_id}/"
-
-
-def delete_job_files(store: ObjectStore, job_id: str) -> int:
-    """Inputs, results and staged results of a job; the record stays, so the API can still say
-    what happened (410 on download). Idempotent; returns how many objects were deleted."""
-    prefixes = (input_prefix(job_id), output_prefix(job_id), staging_prefix(job_id))
-    return sum(store.delete_prefix(p) for p in prefixes)
-
-
-def output_key(job_id: str, model: str, filename: str) -> str:
-    return f"{output_prefix(job_id, model)}{filename}"
 
 
 class InputFile(BaseModel):
@@ -111,7 +81,7 @@ class JobRecord(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     model_type: str
-    models: list[str]  # engines to run, in order (jobs.orchestration.engines_for(model_type))
+    models: list[str]  # engines to run, in order (engines_for(model_type))
     inputs: InputManifest = Field(default_factory=InputManifest)
     options: JobOptions = Field(default_factory=JobOptions)  # what the client chose (jobs/options.py)
     flow_run_id: str | None = None
