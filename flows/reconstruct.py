@@ -94,7 +94,7 @@ def discard_cancelled_job(store: Any, job_id: str) -> None:
 @flow(name="reconstruct", flow_run_name="{job_id}", on_cancellation=[_on_cancellation], persist_result=False)
 def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bool = False) -> dict[str, Any]:
     """Reconstruct job `job_id` with the engines of `model_type` (see jobs.orchestration)."""
-    from jobs.models import resolve_device
+    from recon.device import resolve_device
     from tasks.cancellation import CancelWatch
     from tasks.context import JobRun, recon_options
     from tasks.export import export
@@ -135,8 +135,8 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         inputs, calibration = validate(run)
         qualities: dict[str, dict[str, Any]] = {}
         for current in models:
-            weights_dir = load_weights(run, current)
-            mesh = inference(run, current, inputs, calibration, weights_dir)
+            engine = load_weights(run, current)
+            mesh = inference(run, current, inputs, calibration, engine)
             out_dir = run.workdir / "outputs" / current
             export(run, current, mesh, calibration, out_dir)
             qualities[current] = metrics(run, current, mesh, inputs, calibration, out_dir)
@@ -199,8 +199,9 @@ def _mark_completed(record: JobRecord, models: list[str], files: dict[str, list[
     """Results, versions and retention of a completed run. A reprocess run leaves flow_run_id on
     the job's own (completed) run: switching it would show the job as processing for the moment
     between this write and the rerun's Completed state; reruns are found by their tags."""
-    from recon.engines import get_engine
+    from jobs.settings import get_settings
 
+    configs = get_settings().engine_configs()
     now = utcnow()
     record.error = None
     record.results_deleted_at = None
@@ -209,7 +210,7 @@ def _mark_completed(record: JobRecord, models: list[str], files: dict[str, list[
         result = record.result(model)
         result.status = "completed"
         result.files = files.get(model, [])
-        result.engine_version = get_engine(model).version
+        result.engine_version = configs[model].version
         result.completed_at = now
         record.engine_versions[model] = result.engine_version
 
