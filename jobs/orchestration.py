@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 FLOW_NAME = "reconstruct"
 DEPLOYMENT_NAME = "reconstruct/reconstruct"  # settings.deployment overrides it at run time
-WORK_POOL = "gpu"
 
 # model_type -> the engines the flow runs, in order (`both` runs reconviagen then nvdiffrec).
 MODEL_TYPES: dict[str, tuple[str, ...]] = {

@@ -26,7 +26,6 @@ from recon.rig import SLOTS
 from recon.types import Calibration, Inputs
 
 
-
 class ExportConfig(BaseModel):
     """Previews are rendered at the views' size, within [preview_min, preview_max] pixels."""
 
