@@ -96,10 +96,12 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 start = time.perf_counter()
+from jobs.settings import Settings
 from recon.pipeline import reconstruct
 args = json.loads(sys.argv[1])
 result = reconstruct([Path(p) for p in args["views"]], [Path(p) for p in args["depths"]],
-                     Path(args["out"]), engine=args["engine"], device=args["device"])
+                     Path(args["out"]), engine=args["engine"], device=args["device"],
+                     configs=Settings().engine_configs())
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print("BENCH-RESULT " + json.dumps({
     "inner_s": time.perf_counter() - start,

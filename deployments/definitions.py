@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from deployments.docker_pool import DOCKER_POOL
-from jobs.lifecycle.runs import WORK_POOL
+from jobs.settings import get_settings
 
+# The pool the reconstruct deployment runs on and the embedded stack's workers poll: RECON_WORK_POOL
+# (the health route checks the same setting for polling workers).
+WORK_POOL = get_settings().work_pool
 MAINTENANCE_POOL = "maintenance"
 ZOMBIE_AUTOMATION = "recon: crash flow runs whose heartbeats stopped"
 CRASH_RETRY_AUTOMATION = "recon: requeue crashed reconstruct runs"

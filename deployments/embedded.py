@@ -28,8 +28,7 @@ from typing import Any
 import httpx
 
 from deployments import stack
-from deployments.definitions import MAINTENANCE_POOL, register
-from jobs.lifecycle.runs import WORK_POOL
+from deployments.definitions import MAINTENANCE_POOL, WORK_POOL, register
 from jobs.settings import Settings, get_settings
 from recon_client import ReconClient
 

@@ -81,8 +81,7 @@ def remove_work_dir(path: Path) -> None:
 @flow(name="reconstruct", flow_run_name="{job_id}", on_cancellation=[_on_cancellation], persist_result=False)
 def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bool = False) -> dict[str, Any]:
     """Reconstruct job `job_id` with the engines of `model_type` (jobs.lifecycle.engines_for)."""
-    from jobs.models import resolve_device
-    from recon.engines import get_engine
+    from recon.device import resolve_device
     from tasks.cancellation import CancelWatch
     from tasks.context import JobRun, recon_options
     from tasks.export import export
@@ -123,8 +122,8 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         inputs, calibration = validate(run)
         qualities: dict[str, dict[str, Any]] = {}
         for current in models:
-            weights_dir = load_weights(run, current)
-            mesh = inference(run, current, inputs, calibration, weights_dir)
+            engine = load_weights(run, current)
+            mesh = inference(run, current, inputs, calibration, engine)
             out_dir = run.workdir / "outputs" / current
             export(run, current, mesh, calibration, out_dir)
             qualities[current] = metrics(run, current, mesh, inputs, calibration, out_dir)
@@ -134,7 +133,8 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
         current = None
         published = publish_results(run, run_key)
         files = {m: sorted(p.name for p in (run.workdir / "outputs" / m).iterdir()) for m in published}
-        versions = {m: get_engine(m).version for m in models}
+        configs = settings.engine_configs()
+        versions = {m: configs[m].version for m in models}
         change_job_record(partial(changes.complete_run, store, job_id, files, versions, settings.retention_hours),
                           "publish")
         run.progress.finished()

@@ -1,5 +1,6 @@
 """The nightly `reprocess` flow: rerun jobs whose results were made by an older engine version
-than the one installed now (recon.engines: each engine's `version`), or the jobs listed by id.
+than the one configured now (the settings' engine configs: `Settings.engine_configs()`, each
+engine's `version`, which changes with its output), or the jobs listed by id.
 
 Each rerun is an ordinary `reconstruct` flow run with `reprocess=True` on the `gpu` pool (so it
 queues behind client jobs under the pool's GPU limit and shows in the UI under the job's name).
@@ -10,15 +11,14 @@ does not wait: waiting would hold a maintenance slot for hours.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from prefect import flow, get_run_logger
 
 from jobs.lifecycle import JobRecord, changes, load_record
 from jobs.lifecycle.runs import has_active_rerun, submit_rerun
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
 from jobs.storage import get_store
-from recon.engines import get_engine
 
 
 def _version_key(version: str | None) -> tuple:
@@ -29,8 +29,9 @@ def _version_key(version: str | None) -> tuple:
     return tuple(parts)
 
 
-def outdated_models(record: JobRecord) -> list[str]:
-    """Models of a completed job whose results come from an older engine version than now."""
+def outdated_models(record: JobRecord, versions: Mapping[str, str]) -> list[str]:
+    """Models of a completed job whose results come from an older engine version than
+    `versions` (engine name -> configured version)."""
     if record.results_gone() or not record.results:
         return []
     stale = []
@@ -38,13 +39,17 @@ def outdated_models(record: JobRecord) -> list[str]:
         result = record.results.get(model)
         if result is None or result.status != "completed":
             return []  # only jobs that completed are reprocessed by version
-        try:
-            current = get_engine(model).version
-        except Exception:  # engine not importable on this host: cannot judge
+        current = versions.get(model)
+        if current is None:  # an engine this service no longer has: nothing to rerun it with
             continue
         if _version_key(result.engine_version) < _version_key(current):
             stale.append(model)
     return stale
+
+
+def engine_versions(settings: Settings) -> dict[str, str]:
+    """Each engine's version as configured (defaults, or RECON_<ENGINE>__VERSION)."""
+    return {name: config.version for name, config in settings.engine_configs().items()}
 
 
 @flow(name="reprocess", persist_result=False)
@@ -54,6 +59,7 @@ def reprocess(job_ids: list[str] | None = None, max_jobs: int = 100) -> dict[str
     settings = get_settings()
     store = get_store(settings)
     candidates = job_ids or changes.job_ids(store)
+    versions = engine_versions(settings)
     submitted, skipped = [], {}
     for job_id in candidates:
         if len(submitted) >= max_jobs:
@@ -62,7 +68,7 @@ def reprocess(job_ids: list[str] | None = None, max_jobs: int = 100) -> dict[str
         if record is None:
             skipped[job_id] = "no such job"
             continue
-        if not job_ids and not outdated_models(record):
+        if not job_ids and not outdated_models(record, versions):
             continue
         if record.results_gone() or not changes.inputs_stored(store, job_id):
             skipped[job_id] = "inputs or results no longer stored"

@@ -1,5 +1,6 @@
 """GPU facts from NVIDIA's management library (nvidia-ml-py / pynvml), without torch: /health
-reports them and the model store checks free VRAM before loading weights.
+reports them and the model store checks free VRAM before loading weights. NVML never decides the
+device: recon.device.resolve_device does (CUDA only when torch can use it).
 
 Every function answers "no GPU" (None / 0) instead of raising on a host without the NVIDIA driver,
 so the API and CPU workers run unchanged there.
@@ -90,3 +91,22 @@ def free_vram_gb(index: int = 0) -> float | None:
     """Free memory of GPU `index` in GiB (unrounded), or None when there is no GPU."""
     found = _memory(index)
     return None if found is None else found[2].free / _GB
+
+
+def torch_cuda_build() -> bool:
+    """Whether the installed torch is a CUDA build, read from its version file without importing
+    torch (the API process must stay light): with the CPU wheel a visible GPU is never used, as
+    recon.device.resolve_device decides, and /health must say "cpu" as the workers do."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    version_file = Path(list(spec.submodule_search_locations)[0]) / "version.py"
+    try:
+        text = version_file.read_text()
+    except OSError:
+        return False
+    return re.search(r"^cuda\b[^=]*=\s*['\"]", text, flags=re.MULTILINE) is not None

@@ -1,20 +1,31 @@
-"""Service settings from environment variables with the `RECON_` prefix (documented in README).
+"""Service settings from environment variables with the `RECON_` prefix (documented in README):
+the one settings tree of the service, the reconstruction library's configs included.
 
 One `Settings` object is read per process (`get_settings()`); tests build their own with
 overrides. Defaults give the embedded stack of DESIGN.md §3 under `./data`.
+
+Nested values use `__`: `RECON_NVDIFFREC__CPU__JOINT_ITERATIONS=100`, `RECON_FUSION__VERSION=1.2.0`,
+`RECON_EXPORT__PREVIEW_MAX=2048`. The engine and export sections are kept as plain mappings here
+and validated into recon's typed configs (`recon.engines.*Config`, `recon.pipeline.ExportConfig`)
+where they are used, because the API process must not import recon (tests/test_api_validation.py).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from recon.engines import EngineConfig
+    from recon.pipeline import ExportConfig
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECON_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RECON_", env_nested_delimiter="__", extra="ignore")
 
     # where the embedded stack keeps everything (Prefect SQLite db, filesystem store, caches)
     data_dir: Path = Path("data")
@@ -33,8 +44,13 @@ class Settings(BaseSettings):
     s3_connect_timeout: float = 3.0
     s3_read_timeout: float = 15.0
 
-    # compute
+    # compute ("auto": recon.device.resolve_device, cuda only when torch can use it)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # recon's configs, field names as in recon.engines.<name> / recon.pipeline.ExportConfig
+    fusion: dict[str, Any] = Field(default_factory=dict)
+    nvdiffrec: dict[str, Any] = Field(default_factory=dict)
+    reconviagen: dict[str, Any] = Field(default_factory=dict)
+    export: dict[str, Any] = Field(default_factory=dict)
     model_cache_dir: Path | None = None  # default data_dir/model-cache
     work_dir: Path | None = None  # flow runs' scratch space; default data_dir/work
 
@@ -67,6 +83,23 @@ class Settings(BaseSettings):
     @property
     def work_root(self) -> Path:
         return self.work_dir or self.data_dir / "work"
+
+    def engine_configs(self) -> dict[str, "EngineConfig"]:
+        """Every engine's typed config (version included) from these settings."""
+        from recon.engines import ENGINE_CONFIGS
+
+        return {name: cls.model_validate(getattr(self, name)) for name, cls in ENGINE_CONFIGS.items()}
+
+    def engine_config(self, name: str) -> "EngineConfig":
+        """Engine `name`'s typed config; MODEL_FAILED (recon's ModelFailed) for an unknown name."""
+        from recon.engines import engine_config
+
+        return engine_config(name, self.engine_configs())
+
+    def export_config(self) -> "ExportConfig":
+        from recon.pipeline import ExportConfig
+
+        return ExportConfig.model_validate(self.export)
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from recon.engines.base import EngineConfig
 from recon.errors import Cancelled, ReconError
 from recon.hooks import Hooks
 from recon.options import DEFAULT_FORMATS, MESH_FORMATS, ReconOptions
@@ -31,15 +32,21 @@ def main(argv: list[str] | None = None) -> int:
                      help="at most this many faces in the mesh (default: the engine's own budget)")
     rec.add_argument("--texture-size", type=int, default=None,
                      help="texture side in texels, a power of two (default: from the views' size)")
+    rec.add_argument("--config", type=Path, default=None,
+                     help='JSON file of engine configs, e.g. {"nvdiffrec": {"cpu": {"joint_iterations": 100}}} '
+                          "(fields of recon/engines' *Config; the service takes them from RECON_<ENGINE>__<FIELD>)")
     rec.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
                      help=f"comma-separated mesh formats among {','.join(MESH_FORMATS)} "
                           f"(default {','.join(DEFAULT_FORMATS)})")
     args = parser.parse_args(argv)
     try:
+        configs = _engine_configs(args.config)
         options = ReconOptions(target_faces=args.target_faces, texture_size=args.texture_size,
                                formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
     except ReconError as exc:
         parser.error(exc.message)
+    except (OSError, ValueError) as exc:  # unreadable file, bad JSON, pydantic's ValidationError
+        parser.error(f"--config: {exc}")
 
     from tqdm import tqdm
 
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = reconstruct(args.views_dir, args.depths_dir, args.out_dir, engine=args.engine,
                                  hooks=Hooks(progress=progress), device=args.device,
-                                 transforms=args.transforms, options=options)
+                                 transforms=args.transforms, options=options, configs=configs)
         except ReconError as exc:
             bar.close()
             details = json.dumps(exc.details) if exc.details else ""
@@ -69,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
           f"mask IoU {report['mask_iou']:.4f}; rig {cal.get('variant')}, fov {cal.get('fov_deg')} deg; "
           f"{report['timings']['total_s']:.1f} s -> {args.out_dir}")
     return 0
+
+
+def _engine_configs(path: Path | None) -> dict[str, EngineConfig] | None:
+    """The engine configs of a JSON file (engine name -> fields), validated; None: defaults."""
+    if path is None:
+        return None
+    from recon.engines import engine_config
+
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError("expected an object of engine name -> config fields")
+    return {name: type(engine_config(name)).model_validate(fields) for name, fields in raw.items()}
 
 
 if __name__ == "__main__":

@@ -10,10 +10,14 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict
 
 from recon.calibrate import calibrate as _calibrate
 from recon.decode import decode_inputs
+from recon.device import resolve_device
+from recon.engines.base import Engine, EngineConfig
 from recon.errors import ModelFailed, ValidationFailed
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
@@ -21,7 +25,14 @@ from recon.options import DEFAULT_FORMATS, ReconOptions
 from recon.rig import SLOTS
 from recon.types import Calibration, Inputs
 
-PREVIEW_MAX = 1024
+
+class ExportConfig(BaseModel):
+    """Previews are rendered at the views' size, within [preview_min, preview_max] pixels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preview_min: int = 512
+    preview_max: int = 1024
 
 
 def output_files(formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[str, ...]:
@@ -38,15 +49,6 @@ def output_files(formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[str, ...]:
 OUTPUT_FILES = output_files()  # with the default formats (GLB, OBJ, PLY)
 
 
-def resolve_device(device: str = "auto") -> str:
-    """"cuda" or "cpu" for "auto"; engines' `unavailable_reason` takes the resolved name."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_inputs(view_paths: Sequence[str | Path], depth_paths: Sequence[str | Path],
                 transforms_path: str | Path | None = None, max_pixels: int | None = None) -> Inputs:
     """Decode the uploaded PNGs (typed errors for anything malformed)."""
@@ -58,20 +60,30 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
     return _calibrate(inputs, hooks)
 
 
-def run_engine(name: str, inputs: Inputs, calibration: Calibration, hooks: Hooks = Hooks(),
-               device: str = "auto", weights_dir: Path | None = None,
-               options: ReconOptions = ReconOptions()) -> TexturedMesh:
-    """Run the engine `name` (with the caller's target_faces and texture_size); MODEL_FAILED
-    when it is unknown or cannot run on this host."""
-    from recon.engines import get_engine
+def prepare_engine(name: str, device: str = "auto", weights_dir: Path | None = None,
+                   configs: Mapping[str, EngineConfig] | None = None) -> Engine:
+    """The engine `name` (from `configs`, else its defaults) built for `device`, checked to be
+    able to run here and loaded: once per job. MODEL_FAILED when it is unknown or cannot run."""
+    from recon.engines import build_engine
 
-    engine = get_engine(name)
     resolved = resolve_device(device)
-    reason = engine.unavailable_reason(resolved)
+    engine = build_engine(name, resolved, configs)
+    reason = engine.unavailable_reason()
     if reason is not None:
         raise ModelFailed(f"Engine '{name}' cannot run here: {reason}", model=name, device=resolved)
+    engine.load(weights_dir)
+    return engine
+
+
+def run_engine(engine: Engine | str, inputs: Inputs, calibration: Calibration, hooks: Hooks = Hooks(),
+               device: str = "auto", options: ReconOptions = ReconOptions(),
+               configs: Mapping[str, EngineConfig] | None = None) -> TexturedMesh:
+    """Run a prepared engine (or prepare the one called so, from `configs` or its defaults) with
+    the caller's target_faces and texture_size; records its name, version and time in mesh.info."""
+    if isinstance(engine, str):
+        hooks.check()
+        engine = prepare_engine(engine, device, configs=configs)
     hooks.check()
-    engine.load(weights_dir, resolved)
     start = time.perf_counter()
     mesh = engine.run(inputs, calibration, hooks, options)
     mesh.info.setdefault("engine", {"name": engine.name, "version": engine.version})
@@ -81,7 +93,8 @@ def run_engine(name: str, inputs: Inputs, calibration: Calibration, hooks: Hooks
 
 def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | Path,
                    device: str = "auto", hooks: Hooks = Hooks(),
-                   formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+                   formats: Sequence[str] = DEFAULT_FORMATS,
+                   config: ExportConfig = ExportConfig()) -> list[Path]:
     """The mesh files of `formats` (default GLB, OBJ+MTL+PNG, PLY), the four previews, the
     turntable and cameras.json into `out_dir`."""
     from recon.export import export_mesh
@@ -95,8 +108,7 @@ def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | 
     hooks.progress(0.4, "export: meshes written")
     hooks.check()
     backend = get_backend(resolve_device(device))
-    # previews at the views' size, within [512, 1024]
-    size = int(min(PREVIEW_MAX, max(512, calibration.cameras[0].width)))
+    size = int(min(config.preview_max, max(config.preview_min, calibration.cameras[0].width)))
     paths += write_previews(mesh, out, backend, calibration.fov_deg, size)
     hooks.progress(0.7, "export: previews written")
     hooks.check()
@@ -152,8 +164,11 @@ def write_quality(report: dict[str, Any], out_dir: str | Path) -> Path:
 def reconstruct(views: str | Path | Sequence[str | Path], depths: str | Path | Sequence[str | Path],
                 out_dir: str | Path, engine: str = "fusion", hooks: Hooks = Hooks(),
                 device: str = "auto", transforms: str | Path | None = None,
-                options: ReconOptions = ReconOptions()) -> dict[str, Any]:
-    """Every stage in order; `views`/`depths` are folders of PNGs or lists of files.
+                options: ReconOptions = ReconOptions(),
+                configs: Mapping[str, EngineConfig] | None = None,
+                export: ExportConfig = ExportConfig()) -> dict[str, Any]:
+    """Every stage in order; `views`/`depths` are folders of PNGs or lists of files; the engine
+    from `configs` (name -> config) or its defaults.
 
     Returns the quality report with `timings` per stage (also written to quality.json).
     """
@@ -170,11 +185,12 @@ def reconstruct(views: str | Path | Sequence[str | Path], depths: str | Path | S
     inputs = timed("decode", load_inputs, _png_files(views), _png_files(depths), transforms)
     hooks.progress(0.03, "inputs decoded")
     calibration = timed("calibrate", calibrate, inputs, hooks.sub(0.03, 0.15))
-    mesh = timed("engine", run_engine, engine, inputs, calibration, hooks.sub(0.15, 0.8), device,
-                 options=options)
-    timed("export", export_outputs, mesh, calibration, out_dir, device, hooks.sub(0.8, 0.9),
-          options.formats)
-    report = timed("quality", measure_quality, mesh, inputs, calibration, out_dir, engine, device,
+    resolved = resolve_device(device)
+    mesh = timed("engine", run_engine, engine, inputs, calibration, hooks.sub(0.15, 0.8), resolved,
+                 options=options, configs=configs)
+    timed("export", export_outputs, mesh, calibration, out_dir, resolved, hooks.sub(0.8, 0.9),
+          options.formats, export)
+    report = timed("quality", measure_quality, mesh, inputs, calibration, out_dir, engine, resolved,
                    hooks.sub(0.9, 1.0), options)
     report["timings"] = {**report.get("timings", {}), **timings,
                          "total_s": round(time.perf_counter() - total, 3)}

@@ -19,4 +19,4 @@ def export(run: JobRun, model: str, mesh: TexturedMesh, calibration: Calibration
         run.check()
         run.progress.stage(model, "export", 0.0, f"{model}: exporting meshes and previews")
         return pipeline.export_outputs(mesh, calibration, out_dir, device=run.device, hooks=run.hooks(model, "export"),
-                                       formats=run.options.formats)
+                                       formats=run.options.formats, config=run.settings.export_config())

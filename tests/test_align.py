@@ -13,7 +13,7 @@ import trimesh
 
 from recon import pipeline
 from recon.align import align_to_rig, apply_alignment
-from recon.engines import available_engines, get_engine
+from recon.engines import available_engines, build_engine
 from recon.engines.reconviagen import finish_generated_mesh
 from recon.errors import ModelFailed
 from recon.evaluate import chamfer_fscore
@@ -101,9 +101,9 @@ def test_aligned_and_retextured_mesh_matches_fusion_at_the_input_views(spot: Cas
 
 
 def test_reconviagen_names_its_missing_runtime_and_fails_as_model_failed(spot: Case) -> None:
-    engine = get_engine("reconviagen")
+    engine = build_engine("reconviagen", "cpu")
     assert engine.weights == ("trellis-vggt", "v0-2")
-    reason = engine.unavailable_reason("cpu")
+    reason = engine.unavailable_reason()
     assert reason is not None and "trellis" in reason
     assert "reconviagen" not in available_engines("cpu") and "fusion" in available_engines("cpu")
     with pytest.raises(ModelFailed) as failure:

@@ -12,8 +12,9 @@ import os
 import signal
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ import trimesh
 
 from deployments import stack
 from jobs.lifecycle.record import load_record, update_record
-from recon.engines import available_engines, get_engine
+from recon.engines import available_engines, engine_config
 from recon.pipeline import OUTPUT_FILES
 from tests.fixtures.api import ApiServer
 from tests.fixtures.prefect import ZOMBIE_SECONDS, PrefectStack
@@ -116,7 +117,7 @@ def test_fusion_job_from_submission_to_zip(api: httpx.Client, stack_api: ApiServ
         assert len(loaded.faces) > 500 and len(loaded.vertices) > 250, mesh_name
 
     record = load_record(stack_api.store, job_id)
-    assert record.engine_versions == {"fusion": get_engine("fusion").version}
+    assert record.engine_versions == {"fusion": engine_config("fusion").version}
     assert record.results["fusion"].status == "completed" and "mesh.glb" in record.results["fusion"].files
     assert record.expires_at is not None and record.error is None
     assert not stack_api.store.list(f"outputs/.staging/{job_id}/"), "staging is removed after publishing"
@@ -145,45 +146,73 @@ def test_unavailable_engine_fails_at_load_weights(api: httpx.Client, small_case:
         assert engine in error["suggestion"]
 
 
-def test_reprocess_reruns_old_version_keeping_results(api: httpx.Client, stack_api: ApiServer,
-                                                       completed_job: dict) -> None:
+@contextmanager
+def workers_with(prefect_stack: PrefectStack, extra_env: dict[str, str]) -> Iterator[None]:
+    """The stack's `gpu` and `maintenance` workers replaced by ones with `extra_env` (their flow
+    runs inherit it), as an operator changes a worker host's settings; the usual ones after."""
+    from deployments.definitions import MAINTENANCE_POOL
+
+    def replace(env: dict[str, str], tag: str) -> None:
+        prefect_stack.worker.stop()
+        prefect_stack.maintenance_worker.stop()
+        prefect_stack.worker = stack.start_worker(prefect_stack.home, prefect_stack.api_url, "gpu",
+                                                  prefect_stack.log_dir, env, query_seconds=1.0, name=f"worker-{tag}")
+        prefect_stack.maintenance_worker = stack.start_worker(
+            prefect_stack.home, prefect_stack.api_url, MAINTENANCE_POOL, prefect_stack.log_dir, env,
+            query_seconds=1.0, name=f"maintenance-{tag}")
+        prefect_stack.extra_workers += [prefect_stack.worker, prefect_stack.maintenance_worker]
+        stack.wait_worker_online(prefect_stack.api_url, "gpu", prefect_stack.worker)
+        stack.wait_worker_online(prefect_stack.api_url, MAINTENANCE_POOL, prefect_stack.maintenance_worker)
+
+    replace({**prefect_stack.env, **extra_env}, "configured")
+    try:
+        yield
+    finally:
+        replace(prefect_stack.env, "restored")
+
+
+def test_reprocess_reruns_results_of_a_version_raised_by_configuration(
+        api: httpx.Client, stack_api: ApiServer, prefect_stack: PrefectStack, completed_job: dict) -> None:
+    """Nothing is stale at the version the job was made with; raising fusion's version through the
+    settings (RECON_FUSION__VERSION on the worker hosts) makes the nightly flow rerun the job, whose
+    record then carries the new version, and the old results stay downloadable meanwhile."""
     from prefect.deployments import run_deployment
 
     job_id = completed_job["job_id"]
-    before = api.get(f"/jobs/{job_id}/download")
-    assert before.status_code == 200
-
-    def make_old(record) -> None:
-        record.results["fusion"].engine_version = "0.0.1"
-        record.engine_versions["fusion"] = "0.0.1"
-
-    update_record(stack_api.store, job_id, make_old)
-    old_run_id = load_record(stack_api.store, job_id).flow_run_id
-
+    current = engine_config("fusion").version
+    assert load_record(stack_api.store, job_id).engine_versions == {"fusion": current}
     batch = run_deployment("reprocess/reprocess", timeout=JOB_TIMEOUT, as_subflow=False)
     assert batch.state.is_completed(), batch.state
-    reruns = reprocess_runs(job_id)
-    assert len(reruns) == 1 and reruns[0].name == job_id and reruns[0].parameters["reprocess"] is True
-    rerun_id = str(reruns[0].id)
+    assert reprocess_runs(job_id) == []  # same version: not stale
 
-    # While the rerun works, the job stays completed and its old results downloadable.
-    from prefect.client.orchestration import get_client
+    major, minor, patch = (int(p) for p in current.split("."))
+    raised = f"{major}.{minor}.{patch + 1}"
+    old_run_id = load_record(stack_api.store, job_id).flow_run_id
+    with workers_with(prefect_stack, {"RECON_FUSION__VERSION": raised}):
+        batch = run_deployment("reprocess/reprocess", timeout=JOB_TIMEOUT, as_subflow=False)
+        assert batch.state.is_completed(), batch.state
+        reruns = reprocess_runs(job_id)
+        assert len(reruns) == 1 and reruns[0].name == job_id and reruns[0].parameters["reprocess"] is True
+        rerun_id = str(reruns[0].id)
 
-    deadline = time.monotonic() + JOB_TIMEOUT
-    checked_while_running = False
-    with get_client(sync_client=True) as client:
-        while not (state := client.read_flow_run(rerun_id).state).is_final():
-            assert time.monotonic() < deadline, "rerun did not finish"
-            if state.is_running():
-                assert api.get(f"/jobs/{job_id}").json()["status"] == "completed"
-                assert api.get(f"/jobs/{job_id}/download").status_code == 200
-                checked_while_running = True
-            time.sleep(1.0)
-    assert state.is_completed(), state
-    assert checked_while_running
+        # While the rerun works, the job stays completed and its old results downloadable.
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + JOB_TIMEOUT
+        checked_while_running = False
+        with get_client(sync_client=True) as client:
+            while not (state := client.read_flow_run(rerun_id).state).is_final():
+                assert time.monotonic() < deadline, "rerun did not finish"
+                if state.is_running():
+                    assert api.get(f"/jobs/{job_id}").json()["status"] == "completed"
+                    assert api.get(f"/jobs/{job_id}/download").status_code == 200
+                    checked_while_running = True
+                time.sleep(1.0)
+        assert state.is_completed(), state
+        assert checked_while_running
     record = load_record(stack_api.store, job_id)
     assert record.flow_run_id == old_run_id != rerun_id  # the job's status never left `completed`
-    assert record.engine_versions["fusion"] == get_engine("fusion").version
+    assert record.engine_versions == {"fusion": raised} and record.results["fusion"].engine_version == raised
     assert api.get(f"/jobs/{job_id}").json()["status"] == "completed"
     assert api.get(f"/jobs/{job_id}/download").status_code == 200
 

@@ -3,6 +3,7 @@ prefect.yaml as the rendering of the same definitions."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from deployments import prefect_yaml, stack
@@ -14,6 +15,17 @@ def test_prefect_yaml_is_rendered_from_the_definitions() -> None:
     assert prefect_yaml.PATH.read_text() == prefect_yaml.render(), "run: python -m deployments.prefect_yaml"
     assert subprocess.run([stack.bin_path("python"), "-m", "deployments.prefect_yaml", "--check"],
                           cwd=stack.PROJECT_ROOT).returncode == 0
+
+
+def test_work_pool_setting_names_the_pool_of_the_reconstruct_deployment() -> None:
+    """RECON_WORK_POOL is where the deployment is registered and the embedded workers poll, not
+    only what /health checks."""
+    code = ("from deployments.definitions import DEPLOYMENTS, EMBEDDED_POOLS; "
+            "print(DEPLOYMENTS[0].name, DEPLOYMENTS[0].work_pool, *sorted(EMBEDDED_POOLS))")
+    run = subprocess.run([stack.bin_path("python"), "-c", code], cwd=stack.PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "RECON_WORK_POOL": "gpu-east"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["reconstruct", "gpu-east", "gpu-east", MAINTENANCE_POOL]
 
 
 def test_stack_registers_pools_deployments_and_automation(prefect_stack: PrefectStack) -> None:

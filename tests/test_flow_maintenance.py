@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from flows.reprocess import _version_key, engine_versions, outdated_models
 from jobs.lifecycle.changes import job_ids, orphaned_inputs, sweep_job
-from flows.reprocess import _version_key, outdated_models
 from jobs.lifecycle.record import JobRecord, load_record, save_record, utcnow
-from recon.engines import get_engine
+from jobs.settings import Settings
 
 WINDOW = 3600.0
 
@@ -57,15 +57,20 @@ def test_cleanup_finds_inputs_left_without_a_record(store) -> None:
     assert orphaned_inputs(store, records, older_than=written - 5) == []  # may be a submission in flight
 
 
-def test_reprocess_selects_results_of_older_engine_versions() -> None:
-    current = get_engine("fusion").version
+def test_reprocess_selects_results_of_older_engine_versions(monkeypatch) -> None:
+    versions = engine_versions(Settings())
+    current = versions["fusion"]
     record = JobRecord(job_id="old00001", model_type="fusion", models=["fusion"])
-    assert outdated_models(record) == []  # never completed
+    assert outdated_models(record, versions) == []  # never completed
     result = record.result("fusion")
     result.status, result.engine_version = "completed", current
-    assert outdated_models(record) == []
+    assert outdated_models(record, versions) == []
     result.engine_version = "0.0.1"
-    assert outdated_models(record) == ["fusion"]
+    assert outdated_models(record, versions) == ["fusion"]
+    result.engine_version = current
+    monkeypatch.setenv("RECON_FUSION__VERSION", "99.0.0")  # a version raised by configuration
+    assert outdated_models(record, engine_versions(Settings())) == ["fusion"]
+    assert outdated_models(record, {}) == []  # an engine the service no longer has
     record.expires_at = utcnow() - timedelta(seconds=1)
-    assert outdated_models(record) == []  # results gone: nothing to reprocess
+    assert outdated_models(record, versions) == []  # results gone: nothing to reprocess
     assert _version_key("0.10.0") > _version_key("0.9.2") > _version_key("0.9")

@@ -201,10 +201,34 @@ def test_vram_check_on_this_host_measures_the_real_gpu():
         with pytest.raises(ServiceError) as err:
             check_vram(_manifest(100_000.0), "cuda")
         assert err.value.code == "MODEL_VRAM_OOM"
-        assert check_vram(_manifest(0.5), "auto") == "cuda"
+        # "auto" follows torch, not NVML: a GPU host with the CPU torch wheel runs on the CPU
+        assert check_vram(_manifest(0.5), "auto") == ("cuda" if torch.cuda.is_available() else "cpu")
         info = gpu_info()
         assert info and info["memory_total_gb"] > 0 and info["driver_version"]
         assert 0 < free_vram_gb() <= info["memory_total_gb"] + 0.1
+
+
+def test_one_device_decision_for_recon_and_jobs():
+    """recon.device.resolve_device is the only decision: the model store, the renderer and the
+    engines take its answer, CUDA only when torch itself can use it (NVML only reports), and
+    /health's torch_cuda_build reads the same fact without importing torch."""
+    from jobs.gpu import torch_cuda_build
+    from jobs.models import resolve_device as jobs_resolve_device
+    from recon.device import resolve_device
+    from recon.engines import build_engine
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert jobs_resolve_device is resolve_device
+    assert resolve_device("auto") == expected and resolve_device("cuda:1") == "cuda:1"
+    assert torch_cuda_build() == (torch.version.cuda is not None)
+    if not torch_cuda_build():  # the CPU wheel: whatever NVML sees, everything says cpu
+        assert expected == "cpu" and check_vram(_manifest(1.0), "auto") == "cpu"
+        from recon.render import get_backend
+
+        assert get_backend("auto").device.type == "cpu"
+        assert build_engine("fusion", resolve_device("auto")).device == "cpu"
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
 
 
 def test_prepare_model_checks_vram_before_downloading(store, weights_dir, tmp_path):

@@ -15,16 +15,12 @@ import trimesh
 import xatlas
 from scipy.ndimage import gaussian_filter
 
-from recon.engines import get_engine
-from recon.engines.nvdiffrec import (
-    NvdiffrecSettings,
-    coverage_targets,
-    joint_loss,
-    prepare,
-    refine,
-    starting_mesh,
-    targets_at,
-)
+from jobs.settings import Settings
+from recon.engines import build_engine
+from recon.engines.nvdiffrec import NvdiffrecConfig, NvdiffrecSettings
+from recon.engines.nvdiffrec.engine import refine, starting_mesh
+from recon.engines.nvdiffrec.objective import joint_loss
+from recon.engines.nvdiffrec.problem import coverage_targets, prepare, targets_at
 from recon.errors import Cancelled, ConvergenceFailed
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
@@ -206,14 +202,23 @@ def test_cancellation_stops_within_one_check_interval(case):
 
 
 def test_settings_defaults_env_and_engine_registry(monkeypatch):
-    monkeypatch.setenv("RECON_NVDIFFREC_JOINT_ITERATIONS", "7")
-    monkeypatch.setenv("RECON_NVDIFFREC_JOINT_RESOLUTIONS", "64,128")
-    monkeypatch.setenv("RECON_NVDIFFREC_OPTIMISE_GAINS", "true")
-    cpu = NvdiffrecSettings.for_device("cpu")
+    """The service's settings tree carries the engine's config (RECON_NVDIFFREC__<DEVICE>__<FIELD>);
+    the library itself reads no environment."""
+    monkeypatch.setenv("RECON_NVDIFFREC__CPU__JOINT_ITERATIONS", "7")
+    monkeypatch.setenv("RECON_NVDIFFREC__CPU__JOINT_RESOLUTIONS", "64,128")
+    monkeypatch.setenv("RECON_NVDIFFREC__CPU__OPTIMISE_GAINS", "true")
+    monkeypatch.setenv("RECON_NVDIFFREC__CUDA__JOINT_ITERATIONS", "50")
+    config = Settings().engine_config("nvdiffrec")
+    assert isinstance(config, NvdiffrecConfig)
+    cpu = config.settings_for("cpu")
     assert cpu.joint_iterations == 7 and cpu.joint_resolutions == (64, 128) and cpu.optimise_gains
+    cuda = config.settings_for("cuda:1")  # the other CUDA defaults survive one override
+    assert cuda.joint_iterations == 50 and cuda.filter_mode == "linear-mipmap-linear"
+    assert NvdiffrecSettings.for_device("cpu").joint_iterations == NvdiffrecSettings().joint_iterations
+    assert NvdiffrecConfig().settings_for("cpu") == NvdiffrecSettings()  # no environment read
     assert NvdiffrecSettings.for_device("cuda").filter_mode == "linear-mipmap-linear"
-    engine = get_engine("nvdiffrec")
-    assert engine.name == "nvdiffrec" and engine.unavailable_reason("cpu") is None
+    engine = build_engine("nvdiffrec", "cpu", {"nvdiffrec": config})
+    assert engine.name == "nvdiffrec" and engine.unavailable_reason() is None and engine.config is config
 
 
 def test_cuda_backend_helpers_work_without_a_gpu():

@@ -28,8 +28,10 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_cli_reconstructs_every_output(case: tuple[Path, dict], tmp_path: Path) -> None:
     root, truth = case
     out = tmp_path / "out"
+    config = tmp_path / "engines.json"  # the engine's config reaches it: a smaller face budget
+    config.write_text(json.dumps({"fusion": {"face_budget": 20_000}}))
     run = subprocess.run([sys.executable, "-m", "recon", "reconstruct", str(root / "views"),
-                          str(root / "depths"), str(out), "--device", "cpu"],
+                          str(root / "depths"), str(out), "--device", "cpu", "--config", str(config)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "PSNR" in run.stdout
@@ -45,7 +47,7 @@ def test_cli_reconstructs_every_output(case: tuple[Path, dict], tmp_path: Path) 
     cameras = json.loads((out / "cameras.json").read_text())
     assert cameras["variant_name"] == truth["variant_name"] and len(cameras["cameras"]) == 6
     glb = trimesh.load(out / "mesh.glb", force="mesh")
-    assert len(glb.faces) > 1000 and glb.visual.material.baseColorTexture is not None
+    assert 1000 < len(glb.faces) <= 20_000 and glb.visual.material.baseColorTexture is not None
 
 
 def test_cli_reports_input_errors_without_traceback(case: tuple[Path, dict], tmp_path: Path) -> None:
@@ -58,6 +60,18 @@ def test_cli_reports_input_errors_without_traceback(case: tuple[Path, dict], tmp
                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "INVALID_FILE_COUNT" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("config, message", [({"fusion": {"face_budget": "many"}}, "face_budget"),
+                                             ({"fusion": {"no_such_field": 1}}, "no_such_field"),
+                                             ({"nope": {}}, "Unknown engine 'nope'")])
+def test_cli_rejects_a_bad_engine_config(tmp_path: Path, config: dict, message: str) -> None:
+    path = tmp_path / "engines.json"
+    path.write_text(json.dumps(config))
+    run = subprocess.run([sys.executable, "-m", "recon", "reconstruct", str(tmp_path), str(tmp_path),
+                          str(tmp_path / "out"), "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
 
 
 def test_stage_functions_compose(case: tuple[Path, dict], tmp_path: Path) -> None:

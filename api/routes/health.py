@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api.context import ApiContext, get_context
 from api.schemas import HealthResponse
-from jobs.gpu import gpu_info
+from jobs.gpu import gpu_info, torch_cuda_build
 from jobs.lifecycle.runs import prefect_healthcheck, workers_polling
 
 router = APIRouter(tags=["health"])
@@ -41,7 +41,7 @@ async def health(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
     body: dict[str, Any] = {
         "status": "healthy",
         "gpu": gpu,
-        "device": "cuda" if gpu is not None and settings.device != "cpu" else "cpu",
+        "device": "cuda" if gpu is not None and settings.device != "cpu" and torch_cuda_build() else "cpu",
         "prefect": {"reachable": prefect_err is None, "api_url": str(ctx.prefect.api_url)},
         "storage": {"backend": settings.storage, "reachable": store_err is None},
         "workers": {"work_pool": settings.work_pool, "polling": polling or 0},

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 FLOW_NAME = "reconstruct"
 DEPLOYMENT_NAME = "reconstruct/reconstruct"  # settings.deployment overrides it at run time
-WORK_POOL = "gpu"
+
 REPROCESS_TAG = "reprocess"
 _ACTIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
 

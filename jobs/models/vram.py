@@ -6,15 +6,9 @@ from __future__ import annotations
 
 from jobs.errors import ServiceError
 from jobs.gpu import free_vram_gb, gpu_count
+from recon.device import resolve_device
 
 from .manifest import ModelManifest
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when an NVIDIA GPU is visible, else "cpu"; other values unchanged."""
-    if device == "auto":
-        return "cuda" if gpu_count() > 0 else "cpu"
-    return device
 
 
 def check_vram(manifest: ModelManifest, device: str, free_gb: float | None = None) -> str:

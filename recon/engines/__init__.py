@@ -1,68 +1,47 @@
 """Engine registry: `fusion` (depth fusion + texture baking), `nvdiffrec` (differentiable-render
 refinement of the fusion result), `reconviagen` (generative mesh, aligned and re-textured).
 
-Engines are imported lazily by name so that a missing optional runtime (e.g. the upstream
-ReconViaGen package) never breaks the others. Each engine module defines `ENGINE`, an object with:
-
-    name: str
-    version: str                       # bump when outputs change; reprocess reruns older results
-    weights: tuple[str, str] | None    # optional: (name, version) in the model store to load
-    def unavailable_reason(device: str) -> str | None   # None when it can run on this host
-    def load(weights_dir: Path | None, device: str) -> None   # idempotent; keeps weights resident
-    def run(inputs: Inputs, calibration: Calibration, hooks: Hooks,
-            options: ReconOptions = ReconOptions()) -> TexturedMesh
-        # options: the caller's target_faces (an upper limit) and texture_size (recon/options.py)
+The registry maps each name to its config class (recon/engines/base.py); `config.setup(device)`
+builds the engine. Config modules are light (no torch, no upstream runtime), so versions and
+availability can be read anywhere; a missing optional runtime (the upstream ReconViaGen package)
+only makes that engine report itself unavailable.
 """
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-from typing import Protocol
+from typing import Mapping
 
+from recon.engines.base import Engine, EngineConfig
+from recon.engines.fusion import FusionConfig
+from recon.engines.nvdiffrec.config import NvdiffrecConfig
+from recon.engines.reconviagen import ReconViaGenConfig
 from recon.errors import ModelFailed
-from recon.hooks import Hooks
-from recon.mesh import TexturedMesh
-from recon.options import ReconOptions
-from recon.types import Calibration, Inputs
 
-ENGINE_MODULES: dict[str, str] = {
-    "fusion": "recon.engines.fusion",
-    "nvdiffrec": "recon.engines.nvdiffrec",
-    "reconviagen": "recon.engines.reconviagen",
+ENGINE_CONFIGS: dict[str, type[EngineConfig]] = {
+    cls.name: cls for cls in (FusionConfig, NvdiffrecConfig, ReconViaGenConfig)
 }
 
-
-class Engine(Protocol):
-    name: str
-    version: str
-
-    def unavailable_reason(self, device: str) -> str | None: ...
-
-    def load(self, weights_dir: Path | None, device: str) -> None: ...
-
-    def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks,
-            options: ReconOptions = ReconOptions()) -> TexturedMesh: ...
+Configs = Mapping[str, EngineConfig]
 
 
-def get_engine(name: str) -> Engine:
-    """The engine called `name`; MODEL_FAILED if unknown or its module cannot be imported."""
-    if name not in ENGINE_MODULES:
-        raise ModelFailed(f"Unknown engine '{name}'", model=name, available=sorted(ENGINE_MODULES))
-    try:
-        module = importlib.import_module(ENGINE_MODULES[name])
-    except ImportError as exc:
-        raise ModelFailed(f"Engine '{name}' cannot be imported: {exc}", model=name) from exc
-    return module.ENGINE
+def engine_config(name: str, configs: Configs | None = None) -> EngineConfig:
+    """`name`'s config from `configs` (the service's settings), else its defaults; MODEL_FAILED
+    for an unknown name."""
+    if name not in ENGINE_CONFIGS:
+        raise ModelFailed(f"Unknown engine '{name}'", model=name, available=sorted(ENGINE_CONFIGS))
+    if configs is not None and name in configs:
+        return configs[name]
+    return ENGINE_CONFIGS[name]()
 
 
-def available_engines(device: str) -> list[str]:
-    """Names of the engines that can run on this host with `device` ("cpu" or "cuda")."""
-    names = []
-    for name in ENGINE_MODULES:
-        try:
-            if get_engine(name).unavailable_reason(device) is None:
-                names.append(name)
-        except ModelFailed:
-            continue
-    return names
+def build_engine(name: str, device: str, configs: Configs | None = None) -> Engine:
+    """The engine `name` for the resolved `device`, from `configs` or the defaults."""
+    return engine_config(name, configs).setup(device)
+
+
+def available_engines(device: str, configs: Configs | None = None) -> list[str]:
+    """Names of the engines that can run on this host with the resolved `device`."""
+    return [name for name in ENGINE_CONFIGS if build_engine(name, device, configs).unavailable_reason() is None]
+
+
+__all__ = ["ENGINE_CONFIGS", "Engine", "EngineConfig", "available_engines", "build_engine", "engine_config"]

@@ -17,11 +17,12 @@ import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
-from recon.align import CONFORM_MAX_FACES, Alignment, align_to_rig, apply_alignment, conform_to_views
+from recon.engines.base import BaseEngine, EngineConfig, Resident, load_now
 from recon.errors import ModelFailed, VramOOM
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
@@ -29,18 +30,29 @@ from recon.options import ReconOptions
 from recon.render.base import RenderBackend
 from recon.types import Calibration, Inputs
 
-UPSTREAM_MODULE = "trellis.pipelines"
-UPSTREAM_CLASS = "TrellisVGGTTo3DPipeline"
-# Model-store entry the service publishes the upstream weights under (jobs/models.py).
-WEIGHTS = ("trellis-vggt", "v0-2")
 
-# Sampler settings of the upstream demo; generation quality only matters up to alignment.
-RUN_PARAMS: dict[str, Any] = {
-    "seed": 0,
-    "sparse_structure_sampler_params": {"steps": 30, "cfg_strength": 7.5},
-    "slat_sampler_params": {"steps": 12, "cfg_strength": 3.0},
-    "mode": "multidiffusion",
-}
+
+class ReconViaGenConfig(EngineConfig):
+    """Upstream pipeline, its weights in the model store and the sampler settings."""
+
+    name: ClassVar[str] = "reconviagen"
+    version: str = "0.2.0"
+    upstream_module: str = "trellis.pipelines"
+    upstream_class: str = "TrellisVGGTTo3DPipeline"
+    # Model-store entry the service publishes the upstream weights under (jobs/models).
+    weights: tuple[str, str] = ("trellis-vggt", "v0-2")
+    # Sampler settings of the upstream demo; generation quality only matters up to alignment.
+    run_params: dict[str, Any] = Field(default_factory=lambda: {
+        "seed": 0,
+        "sparse_structure_sampler_params": {"steps": 30, "cfg_strength": 7.5},
+        "slat_sampler_params": {"steps": 12, "cfg_strength": 3.0},
+        "mode": "multidiffusion",
+    })
+    texture_size: int = 2048  # unless the caller asks for another
+    conform_max_faces: int | None = None  # None: recon.align's CONFORM_MAX_FACES
+
+    def setup(self, device: str) -> "ReconViaGenEngine":
+        return ReconViaGenEngine(self, device)
 
 
 def finish_generated_mesh(
@@ -51,7 +63,7 @@ def finish_generated_mesh(
     *,
     vertex_colors: np.ndarray | None = None,
     texture_size: int = 2048,
-    max_faces: int = CONFORM_MAX_FACES,
+    max_faces: int | None = None,
     backend: RenderBackend | None = None,
     hooks: Hooks = Hooks(),
 ) -> TexturedMesh:
@@ -60,15 +72,17 @@ def finish_generated_mesh(
 
     Generated colours (per vertex, [0, 1]) survive only on texels no view sees (bake_texture's
     fallback). mesh.info gets the alignment residuals and the conforming displacements
-    (quality.json's engine_info).
+    (quality.json's engine_info). `max_faces` None: recon.align's CONFORM_MAX_FACES.
     """
+    from recon.align import CONFORM_MAX_FACES, Alignment, align_to_rig, apply_alignment, conform_to_views
     from recon.texture import bake_texture
 
     started = time.perf_counter()
     alignment: Alignment = align_to_rig(vertices, faces, inputs, calibration, hooks=hooks.sub(0.0, 0.3))
     aligned_v, aligned_f = apply_alignment(vertices, faces, alignment)
     align_s = time.perf_counter() - started
-    conformed = conform_to_views(aligned_v, aligned_f, inputs, calibration, max_faces=max_faces,
+    conformed = conform_to_views(aligned_v, aligned_f, inputs, calibration,
+                                 max_faces=CONFORM_MAX_FACES if max_faces is None else max_faces,
                                  hooks=hooks.sub(0.3, 0.45))
     conform_s = time.perf_counter() - started - align_s
     fallback = None if vertex_colors is None else np.asarray(vertex_colors)[conformed.source_vertex]
@@ -120,45 +134,45 @@ def use_bundled_caches(weights_dir: Path) -> None:
     os.environ.setdefault("SPCONV_ALGO", "native")  # spconv's autotuner can hang on first use
 
 
-class ReconViaGenEngine:
-    """Adapter around the upstream pipeline; keeps the loaded network resident per process."""
+class ReconViaGenEngine(BaseEngine):
+    """Adapter around the upstream pipeline; the loaded network stays resident through the
+    caller's `resident` cache (the job service's jobs.models.RESIDENT)."""
 
-    name = "reconviagen"
-    version = "0.1.0"
-    weights = WEIGHTS
+    config: ReconViaGenConfig
 
-    def __init__(self) -> None:
+    def __init__(self, config: ReconViaGenConfig, device: str) -> None:
+        super().__init__(config, device)
+        self.weights = config.weights
         self._pipeline: Any = None
-        self._loaded_from: Path | None = None
-        self._device = "cuda"
 
-    def unavailable_reason(self, device: str) -> str | None:
+    def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("trellis") is None:
             return (
                 "the ReconViaGen runtime (Python package 'trellis' from the ReconViaGen repository) "
                 "is not installed on this worker; build the GPU image with the reconviagen layer "
                 "(docs/RECONVIAGEN.md)"
             )
-        if device == "cpu":
+        if self.device == "cpu":
             return "ReconViaGen needs a CUDA GPU (sparse convolutions and xformers have no CPU path)"
         return None
 
-    def load(self, weights_dir: Path | None, device: str) -> None:
-        reason = self.unavailable_reason(device)
+    def load(self, weights_dir: Path | None, resident: Resident = load_now) -> None:
+        reason = self.unavailable_reason()
         if reason:
             raise ModelFailed(reason, model=self.name, pipeline_stage="load_weights")
         if weights_dir is None:
             raise ModelFailed("ReconViaGen weights were not provided", model=self.name, pipeline_stage="load_weights")
-        if self._pipeline is not None and self._loaded_from == weights_dir and self._device == device:
-            return
+        self._pipeline = resident(lambda: self._load_pipeline(weights_dir))
+
+    def _load_pipeline(self, weights_dir: Path) -> Any:
         import torch
 
         use_bundled_caches(weights_dir)
-        module = importlib.import_module(UPSTREAM_MODULE)
-        pipeline_cls = getattr(module, UPSTREAM_CLASS)
+        module = importlib.import_module(self.config.upstream_module)
+        pipeline_cls = getattr(module, self.config.upstream_class)
         try:
             pipeline = pipeline_cls.from_pretrained(str(weights_dir))  # a local folder: no download
-            target = torch.device(device)
+            target = torch.device(self.device)
             pipeline.to(target)
             # the VGGT feature network and the matting network live outside `pipeline.models`
             for extra in ("VGGT_model", "birefnet_model"):
@@ -169,7 +183,7 @@ class ReconViaGenEngine:
             if type(exc).__name__ == "OutOfMemoryError":
                 raise VramOOM(str(exc).splitlines()[0], model=self.name) from exc
             raise
-        self._pipeline, self._loaded_from, self._device = pipeline, weights_dir, device
+        return pipeline
 
     def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks,
             options: ReconOptions = ReconOptions()) -> TexturedMesh:
@@ -187,7 +201,8 @@ class ReconViaGenEngine:
             rgba = np.dstack([np.clip(image * 255, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255])
             images.append(self._pipeline.preprocess_image(Image.fromarray(rgba, "RGBA")))
         try:
-            outputs, *_ = self._pipeline.run(image=images, formats=["mesh"], preprocess_image=False, **RUN_PARAMS)
+            outputs, *_ = self._pipeline.run(image=images, formats=["mesh"], preprocess_image=False,
+                                             **self.config.run_params)
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":
                 raise VramOOM(str(exc).splitlines()[0], model=self.name) from exc
@@ -199,14 +214,11 @@ class ReconViaGenEngine:
         vertex_colors = colors[:, :3].detach().cpu().numpy() if colors is not None else None
         generate_s = time.perf_counter() - started
         hooks.progress(0.5, "aligning and re-texturing")
+        max_faces = options.target_faces or self.config.conform_max_faces
         mesh = finish_generated_mesh(vertices, faces, inputs, calibration, vertex_colors=vertex_colors,
-                                     texture_size=options.texture_size or 2048,
-                                     max_faces=options.face_budget(CONFORM_MAX_FACES),
-                                     backend=get_backend(self._device),
+                                     texture_size=options.texture_size or self.config.texture_size,
+                                     max_faces=max_faces, backend=get_backend(self.device),
                                      hooks=hooks.sub(0.5, 1.0))
-        mesh.info["engine"] = {"name": self.name, "version": self.version, "weights": list(self.weights)}
+        mesh.info["engine"] = {"name": self.name, "version": self.version, "weights": list(self.config.weights)}
         mesh.info["timings"]["generate_s"] = round(generate_s, 3)
         return mesh
-
-
-ENGINE = ReconViaGenEngine()

@@ -1,6 +1,6 @@
 """Rendering through one interface with two backends (DESIGN.md §6).
 
-`get_backend("auto")` picks nvdiffrast when CUDA is present, else the CPU (Embree) backend.
+`get_backend("auto")` picks nvdiffrast when torch can use CUDA, else the CPU (Embree) backend.
 High-level helpers (render a TexturedMesh into cameras: colour, mask, depth, normals, face ids)
 live in `recon.render.views` and are written once against `RenderBackend`.
 """
@@ -10,26 +10,18 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from recon.device import resolve_device
 from recon.render.base import RenderBackend
 
 _BACKENDS: dict[str, RenderBackend] = {}
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def get_backend(device: str = "auto") -> RenderBackend:
     """The backend for `device`: "cpu", "cuda" or "cuda:N" (nvdiffrast; raises if it cannot load),
-    or "auto" (cuda when torch sees a GPU, else cpu). Instances are cached per device: building one
+    or "auto" (recon.device.resolve_device: cuda when torch can use a GPU, else cpu). Instances are cached per device: building one
     is not free on CUDA. Multi-GPU workers pass "cuda:N" for the GPU their run was given.
     """
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown render device {device!r} (auto, cpu, cuda or cuda:N)")
-    if device == "auto":
-        device = "cuda" if _cuda_available() else "cpu"
+    device = resolve_device(device)
     if device not in _BACKENDS:
         if device.startswith("cuda"):
             from recon.render.cuda import NvdiffrastBackend
