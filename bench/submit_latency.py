@@ -79,8 +79,11 @@ def one_round(client: ReconClient, prefect_api: str) -> dict[str, Any]:
     processing = time.time() - t0
     run = flow_run_of(prefect_api, job_id) or {}
     started = run.get("start_time")
-    with contextlib.suppress(ApiError):  # JOB_NOT_READY: it ended already
+    try:
         client.cancel_job(job_id)
+    except ApiError as exc:
+        if exc.code != "JOB_NOT_READY":  # it ended already
+            raise
     deadline = time.monotonic() + 120
     while (status := client.status(job_id))["status"] not in ("cancelled", "failed", "completed"):
         if time.monotonic() > deadline:
