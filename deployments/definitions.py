@@ -36,11 +36,11 @@ CRASH_RETRY_AUTOMATION = "recon: requeue crashed reconstruct runs"
 # prefect.runner._workspace_supervisor`) that imports Prefect, prepares a workspace and then execs
 # `python -m prefect.engine`: a second interpreter start and Prefect import (about 2 s of CPU)
 # before every run turns RUNNING. We use no workspace feature (the deployment's pull step, which
-# the engine runs itself, sets the working directory). The command is deployments/warm_engine.py,
-# which has the engine forked from an interpreter that imported Prefect when the worker started
-# (the stack runs every worker under its server), and execs `python -m prefect.engine` where
-# there is none. prefect.yaml leaves the command to the pool: `python` on a worker's PATH need
-# not be the project's interpreter.
+# the engine runs itself, sets the working directory). The command is
+# deployments/engine_launcher.py, which has the engine forked by the warm engine
+# (deployments/warm_engine.py, which every stack worker runs under) and execs
+# `python -m prefect.engine` where there is none. prefect.yaml leaves the command to the pool:
+# `python` on a worker's PATH need not be the project's interpreter.
 #
 # It runs under `nice`: the embedded stack puts the API, the Prefect server and the flow runs on
 # one host, and a reconstruction keeps a core busy for a minute. At lower priority the job still
@@ -49,7 +49,7 @@ CRASH_RETRY_AUTOMATION = "recon: requeue crashed reconstruct runs"
 # engine takes the launcher's niceness.
 FLOW_RUN_NICENESS = 10
 ENGINE_COMMAND = ["nice", "-n", str(FLOW_RUN_NICENESS), sys.executable,
-                  str(Path(__file__).resolve().parent / "warm_engine.py")]
+                  str(Path(__file__).resolve().parent / "engine_launcher.py")]
 
 
 @dataclass(frozen=True)

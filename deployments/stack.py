@@ -251,9 +251,9 @@ def start_worker(home: Path, api_url: str, pool: str, log_dir: Path, env_extra: 
     """A process worker polling `pool`; its flow runs inherit its environment (RECON_* settings).
     `limit` caps the flow runs this worker runs at once (one per GPU of its host).
 
-    The worker runs under deployments/warm_engine.py's server, which forks its flow runs from an
-    interpreter that has Prefect imported (seconds sooner RUNNING); the returned process is that
-    server, whose process group holds the worker too."""
+    The worker runs under the warm engine (deployments/warm_engine.py), which forks its flow runs
+    from an interpreter that has Prefect imported (seconds sooner RUNNING); the returned process
+    is that server, whose process group holds the worker too."""
     env = prefect_env(home, api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
                       PREFECT_WORKER_PREFETCH_SECONDS="5", **(env_extra or {}))
     worker = [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process",
@@ -290,9 +290,9 @@ def start_api(home: Path, api_url: str, host: str, port: int, log_dir: Path, env
 
 def flow_run_pids(flow_run_id: str) -> list[int]:
     """Local processes executing a flow run (the process worker passes the run's id in their
-    environment). With deployments/warm_engine.py that is the launcher the worker started: the
-    engine forked for it has the server's original environment, but it forwards the launcher's
-    signals, and dies when the launcher is killed."""
+    environment). Under the warm engine that is the launcher the worker started
+    (deployments/engine_launcher.py): it forwards its signals to the engine forked for it, which
+    dies with it."""
     marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
     pids = []
     for entry in os.listdir("/proc"):
