@@ -16,6 +16,7 @@ import argparse
 import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,40 @@ def _jittered_clip(camera: Camera, vertices: np.ndarray, dx: float, dy: float) -
     return pos
 
 
+def render_coverage(
+    backend: RenderBackend,
+    camera: Camera,
+    mesh: trimesh.Trimesh,
+    colour: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    supersample: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Premultiplied colour (H, W, 3) and coverage (H, W) float32, rows top-down, box-filtered over
+    supersample^2 samples; `colour(points, normals)` colours the covered samples (world points and
+    interpolated unit vertex normals), so shaded photographs share the albedo's sampling."""
+    from recon.render.views import vertex_normals
+
+    verts = np.asarray(mesh.vertices, dtype=np.float32)
+    tri = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int32))
+    attr = torch.as_tensor(np.concatenate([verts, vertex_normals(verts, mesh.faces)], axis=1))
+    acc = np.zeros((camera.height, camera.width, 3), dtype=np.float32)
+    cov = np.zeros((camera.height, camera.width), dtype=np.float32)
+    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
+    with torch.no_grad():
+        for ox in offsets:
+            for oy in offsets:
+                pos = _jittered_clip(camera, verts, -ox, -oy)
+                rast = backend.rasterize(pos, tri, (camera.height, camera.width))
+                covered = (rast[0, ..., 3] > 0).numpy()
+                interp = backend.interpolate(attr, rast, tri)[0].numpy()[covered]
+                normals = interp[:, 3:] / np.maximum(np.linalg.norm(interp[:, 3:], axis=1, keepdims=True), 1e-12)
+                sample = np.zeros_like(acc)
+                sample[covered] = colour(interp[:, :3], normals)
+                acc += sample[::-1]
+                cov += covered[::-1]
+    n = supersample**2
+    return acc / n, cov / n
+
+
 def render_albedo(
     backend: RenderBackend,
     camera: Camera,
@@ -176,22 +211,8 @@ def render_albedo(
     supersample: int = 2,
 ) -> np.ndarray:
     """RGB (H, W, 3) float32 on white, rows top-down, box-filtered over supersample^2 samples."""
-    verts = np.asarray(mesh.vertices, dtype=np.float32)
-    tri = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int32))
-    attr = torch.as_tensor(verts)
-    acc = np.zeros((camera.height, camera.width, 3), dtype=np.float32)
-    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
-    with torch.no_grad():
-        for ox in offsets:
-            for oy in offsets:
-                pos = _jittered_clip(camera, verts, -ox, -oy)
-                rast = backend.rasterize(pos, tri, (camera.height, camera.width))
-                covered = (rast[0, ..., 3] > 0).numpy()
-                points = backend.interpolate(attr, rast, tri)[0].numpy()
-                sample = np.ones_like(acc)
-                sample[covered] = texture(points[covered])
-                acc += sample[::-1]
-    return acc / supersample**2
+    colour, coverage = render_coverage(backend, camera, mesh, lambda p, _n: texture(p), supersample)
+    return colour + (1.0 - coverage)[..., None]
 
 
 def render_depth(backend: RenderBackend, camera: Camera, mesh: trimesh.Trimesh) -> np.ndarray:
