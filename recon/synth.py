@@ -263,6 +263,25 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
+def write_novel_and_truth_mesh(
+    backend: RenderBackend, out: Path, mesh: trimesh.Trimesh, texture: SolidTexture, fov_deg: float,
+    size: int, distance: float, count: int, supersample: int,
+) -> list[dict]:
+    """Clean albedo novel views (novel/novel_{i}.png) and the vertex-coloured truth_mesh.ply;
+    returns truth.json's "novel" entries."""
+    novel = []
+    for i, cam in enumerate(novel_cameras(fov_deg, size, distance, count)):
+        name = f"novel/novel_{i}.png"
+        _save_png(out / name, render_albedo(backend, cam, mesh, texture, supersample))
+        novel.append({"image": name, "camera": cam.to_dict()})
+    colour_mesh = mesh.copy()
+    colour_mesh.visual = trimesh.visual.ColorVisuals(
+        colour_mesh, vertex_colors=np.rint(texture(mesh.vertices) * 255).astype(np.uint8)
+    )
+    colour_mesh.export(out / "truth_mesh.ply")
+    return novel
+
+
 def render_case(
     mesh: trimesh.Trimesh,
     out_dir: Path | str,
@@ -305,17 +324,8 @@ def render_case(
             {"slot": cam.slot, "view": f"views/{view_name}", "depth": f"depths/{depth_name}",
              "camera": cam.to_dict(), "depth_encoding": encoding}
         )
-    novel = []
-    size = novel_res or view_res
-    for i, cam in enumerate(novel_cameras(fov_deg, size, distance, novel_views)):
-        name = f"novel/novel_{i}.png"
-        _save_png(out / name, render_albedo(backend, cam, mesh, texture, supersample))
-        novel.append({"image": name, "camera": cam.to_dict()})
-    colour_mesh = mesh.copy()
-    colour_mesh.visual = trimesh.visual.ColorVisuals(
-        colour_mesh, vertex_colors=np.rint(texture(mesh.vertices) * 255).astype(np.uint8)
-    )
-    colour_mesh.export(out / "truth_mesh.ply")
+    novel = write_novel_and_truth_mesh(backend, out, mesh, texture, fov_deg, novel_res or view_res,
+                                       distance, novel_views, supersample)
     truth = {
         "fov_deg": fov_deg,
         "distance": distance,

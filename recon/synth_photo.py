@@ -35,11 +35,10 @@ from recon.synth import (
     _save_png,
     encode_depth,
     load_test_mesh,
-    novel_cameras,
-    render_albedo,
     render_coverage,
     render_depth,
     safe_distance,
+    write_novel_and_truth_mesh,
 )
 
 # At strength 1: the most a photo's camera turns off the rig, and its zoom range.
@@ -181,17 +180,8 @@ def render_photo_case(
              "camera": cam.to_dict(), "nominal_camera": nominal.to_dict(), "framing": framing,
              "photo": photo, "depth_encoding": encoding}
         )
-    novel = []
-    size = novel_res or view_res
-    for i, cam in enumerate(novel_cameras(fov_deg, size, distance, novel_views)):
-        name = f"novel/novel_{i}.png"
-        _save_png(out / name, render_albedo(backend, cam, mesh, texture, supersample))
-        novel.append({"image": name, "camera": cam.to_dict()})
-    colour_mesh = mesh.copy()
-    colour_mesh.visual = trimesh.visual.ColorVisuals(
-        colour_mesh, vertex_colors=np.rint(texture(mesh.vertices) * 255).astype(np.uint8)
-    )
-    colour_mesh.export(out / "truth_mesh.ply")
+    novel = write_novel_and_truth_mesh(backend, out, mesh, texture, fov_deg, novel_res or view_res,
+                                       distance, novel_views, supersample)
     truth = {
         "fov_deg": fov_deg, "distance": distance, "variant": variant.to_dict(),
         "variant_name": variant.name, "view_res": view_res, "depth_res": depth_res,
