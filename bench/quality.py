@@ -78,11 +78,14 @@ def case_plan(names: list[str], seed: int) -> list[dict]:
 def ensure_case(entry: dict, work: Path, view_res: int, depth_res: int, novel_res: int) -> Path:
     """Render the case unless an identical one is cached; returns its folder."""
     from recon.synth import load_test_mesh, render_case
+    from recon.synth_open import OPEN_CASES, load_open_mesh
 
     folder = work / (f"{entry['case']}-fov{entry['fov']:.2f}-{entry['variant'].name}-"
                      f"{entry['naming']}-{view_res}-{depth_res}-{novel_res}-s{entry['seed']}")
     if not (folder / "truth.json").exists():
-        render_case(load_test_mesh(entry["case"]), folder, fov_deg=entry["fov"], view_res=view_res,
+        name = entry["case"]
+        mesh = load_open_mesh(name) if name in OPEN_CASES else load_test_mesh(name)
+        render_case(mesh, folder, fov_deg=entry["fov"], view_res=view_res,
                     depth_res=depth_res, variant=entry["variant"], naming=entry["naming"],
                     seed=entry["seed"], novel_res=novel_res)
     return folder
