@@ -86,8 +86,14 @@ def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out[..., 0] if image.ndim == 2 else out
 
 
-def composite_over_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The view's object on white (float32 RGB): background pixels (mask False) become white."""
+def composite_over_white(image: np.ndarray, mask: np.ndarray,
+                         alpha: np.ndarray | None = None) -> np.ndarray:
+    """The view's object on white (float32 RGB): background pixels (mask False) become white.
+    With an uploaded matte's `alpha`, every pixel is blended by it (its outline keeps the
+    fraction of object colour it has, whatever colour the photo's background was)."""
+    if alpha is not None:
+        a = np.clip(alpha, 0.0, 1.0)[..., None]
+        return (image[..., :3] * a + (1.0 - a)).astype(np.float32)
     return np.where(mask[..., None], image[..., :3], 1.0).astype(np.float32)
 
 
@@ -184,7 +190,8 @@ def quality_report(
                            mesh.faces, mesh.uv, mesh.texture)
         colour = block_mean(view.color, k)
         rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
-        image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i]), width, height)
+        image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
+                            width, height)
         mask = area_resize(inputs.masks[i], width, height)
         entry: dict[str, Any] = {
             "name": inputs.names[i] if i < len(inputs.names) else "",
