@@ -287,8 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=tuple(SIZES),
                         help="views/depths 2048/1024 (full) or 512/256 (fast); overrides "
                         "--view-res/--depth-res")
+    parser.add_argument("--summarise", type=Path, metavar="JSONL",
+                        help="only print the summary of the per-case lines saved in this file "
+                        "(e.g. a run stopped part way)")
     add_case_arguments(parser)
     args = parser.parse_args(argv)
+    if args.summarise:
+        lines = [json.loads(ln) for ln in args.summarise.read_text().splitlines() if ln.strip()]
+        results = [r for r in lines if not r.get("summary")]
+        real = any("kind" in r for r in results)
+        size = next((r.get("size") for r in results if r.get("size")), None)
+        print(json.dumps(summarise_real(results, args.engine, size) if real else summarise(results)))
+        return 0
     if args.size:
         args.view_res, args.depth_res = SIZES[args.size]
     real = args.suite == "real"
