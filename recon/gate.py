@@ -56,8 +56,9 @@ class GateSettings:
             "appearance": "per view: the render times a per-channel gain fitted (least squares, "
             f"clipped to {list(self.gain_range)}) to the input on pixels both masks cover; both "
             f"images blurred by a Gaussian of sigma max({self.min_blur_px}, "
-            f"{self.blur_fraction} x the object's extent in pixels); PSNR and SSIM (7x7, "
-            "data_range 1) over the union of the two masks",
+            f"{self.blur_fraction} x the object's extent in pixels), at most 512 px on the long "
+            "side (area-averaged from the compared pair); PSNR and SSIM (7x7, data_range 1) over "
+            "the union of the two masks",
             "depth_agreement": "share of the union of the input and rendered depth masks (at the "
             f"depth maps' resolution, pixels within {self.depth_edge_px} px of a depth edge of "
             "the input left out) where both have depth and |rendered - input| <= "
