@@ -2,6 +2,10 @@
 
     python bench/quality.py [--engine fusion|nvdiffrec] [--cases spot,fish,penguin,cup]
                             [--view-res 2048 --depth-res 1024] [--seed N] [--work DIR]
+    python bench/quality.py --suite real [--size full|fast] [--cases spot-open,...]
+
+`--suite real` runs bench/real_suite.py's open, thin and photographic cases instead (same JSON
+per case, plus kind/open and the gate's verdicts; its summary checks that issue's targets).
 
 Per case: a field of view drawn from 30-60 degrees (seeded, never told to the pipeline), a rig
 variant and upload-order naming for some cases, the case rendered by recon.synth (cached under
@@ -76,15 +80,22 @@ def case_plan(names: list[str], seed: int) -> list[dict]:
 
 
 def ensure_case(entry: dict, work: Path, view_res: int, depth_res: int, novel_res: int) -> Path:
-    """Render the case unless an identical one is cached; returns its folder."""
+    """Render the case unless an identical one is cached; returns its folder. Real-suite entries
+    (bench/real_suite.py) name their mesh (`mesh`, open ones from recon.synth_open) and `kind`
+    ("photo" renders studio photographs with recon.synth_photo)."""
     from recon.synth import load_test_mesh, render_case
+    from recon.synth_open import OPEN_CASES, load_open_mesh
+    from recon.synth_photo import render_photo_case
 
     folder = work / (f"{entry['case']}-fov{entry['fov']:.2f}-{entry['variant'].name}-"
                      f"{entry['naming']}-{view_res}-{depth_res}-{novel_res}-s{entry['seed']}")
     if not (folder / "truth.json").exists():
-        render_case(load_test_mesh(entry["case"]), folder, fov_deg=entry["fov"], view_res=view_res,
-                    depth_res=depth_res, variant=entry["variant"], naming=entry["naming"],
-                    seed=entry["seed"], novel_res=novel_res)
+        name = entry.get("mesh", entry["case"])
+        mesh = load_open_mesh(name) if name in OPEN_CASES else load_test_mesh(name)
+        render = render_photo_case if entry.get("kind") == "photo" else render_case
+        render(mesh, folder, fov_deg=entry["fov"], view_res=view_res, depth_res=depth_res,
+               variant=entry["variant"], naming=entry["naming"], seed=entry["seed"],
+               novel_res=novel_res)
     return folder
 
 
@@ -193,6 +204,7 @@ def geometry_scores(mesh, truth: dict, folder: Path, fov_true: float, fov_est: f
 
 
 def evaluate_case(entry: dict, folder: Path, out: Path, run: dict) -> dict:
+    from recon.metrics import quality_status
     from recon.render import get_backend
 
     truth = json.loads((folder / "truth.json").read_text())
@@ -209,9 +221,14 @@ def evaluate_case(entry: dict, folder: Path, out: Path, run: dict) -> dict:
     fov_est = float(cameras["fov_deg"])
     variant_est = RigVariant(**cameras["variant"])
     mesh = load_result_mesh(out)
+    gate = quality.get("gate", {})
     result.update({
         "input_psnr": quality["psnr"], "input_ssim": quality["ssim"],
-        "input_psnr_full": quality.get("psnr_full"), "quality_status": quality.get("status"),
+        "input_psnr_full": quality.get("psnr_full"), "input_ssim_full": quality.get("ssim_full"),
+        "mask_iou": quality.get("mask_iou"), "quality_status": quality.get("status"),
+        "object_status": quality_status(quality["psnr"], quality["ssim"]),
+        "gate_psnr": gate.get("psnr"), "gate_ssim": gate.get("ssim"), "gate_view": gate.get("view"),
+        "depth_agreement_min": gate.get("depth_agreement_min"),
         "fov_est": round(fov_est, 2), "fov_error_deg": round(abs(fov_est - entry["fov"]), 2),
         "variant_est": variant_est.name, "variant_ok": variant_est == entry["variant"],
         "faces": int(len(mesh.faces)),
@@ -264,15 +281,37 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.real_suite import REAL_CASES, SIZES, real_plan, summarise_real
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", default="fusion", choices=("fusion", "nvdiffrec"))
+    parser.add_argument("--suite", default="synthetic", choices=("synthetic", "real"))
+    parser.add_argument("--size", choices=tuple(SIZES),
+                        help="views/depths 2048/1024 (full) or 512/256 (fast); overrides "
+                        "--view-res/--depth-res")
+    parser.add_argument("--summarise", type=Path, metavar="JSONL",
+                        help="only print the summary of the per-case lines saved in this file "
+                        "(e.g. a run stopped part way)")
     add_case_arguments(parser)
     args = parser.parse_args(argv)
+    if args.summarise:
+        lines = [json.loads(ln) for ln in args.summarise.read_text().splitlines() if ln.strip()]
+        results = [r for r in lines if not r.get("summary")]
+        real = any("kind" in r for r in results)
+        size = next((r.get("size") for r in results if r.get("size")), None)
+        print(json.dumps(summarise_real(results, args.engine, size) if real else summarise(results)))
+        return 0
+    if args.size:
+        args.view_res, args.depth_res = SIZES[args.size]
+    real = args.suite == "real"
+    names = [c for c in args.cases.split(",") if c]
+    if real and args.cases == DEFAULT_CASES:
+        names = [case for case, _, _ in REAL_CASES]
+    plan = real_plan(names, args.seed) if real else case_plan(names, args.seed)
 
     results = []
-    for entry in case_plan([c for c in args.cases.split(",") if c], args.seed):
-        folder = ensure_case(entry, args.work / "cases", args.view_res, args.depth_res,
-                             args.novel_res)
+    for entry in plan:
+        folder = ensure_case(entry, args.work / "cases", args.view_res, args.depth_res, args.novel_res)
         truth = json.loads((folder / "truth.json").read_text())
         out = args.work / "out" / f"{folder.name}-{args.engine}"
         run = run_reconstruction(_ordered(folder, truth, "view"), _ordered(folder, truth, "depth"),
@@ -283,9 +322,14 @@ def main(argv: list[str] | None = None) -> int:
             result = {"case": entry["case"], "wall_s": run.get("wall_s"),
                       "error": f"evaluation: {type(exc).__name__}: {exc}"}
         result["engine"] = args.engine
+        if real:
+            result.update(kind=entry["kind"], open=entry["open"], size=args.size or
+                          f"{args.view_res}/{args.depth_res}")
         print(json.dumps(result), flush=True)
         results.append(result)
-    print(json.dumps(summarise(results)), flush=True)
+    size = args.size or f"{args.view_res}/{args.depth_res}"
+    summary = summarise_real(results, args.engine, size) if real else summarise(results)
+    print(json.dumps(summary), flush=True)
     return 0
 
 

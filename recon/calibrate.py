@@ -325,7 +325,8 @@ class RimScorer:
             self.pixels.append((ii[pick], jj[pick]))
         if self.subpixel:
             for k, rgb in enumerate(inputs.images):
-                self.sdf[k], self.pixels[k] = _subpixel_contour(rgb, self.masks[k], self.sdf[k], *self.pixels[k])
+                self.sdf[k], self.pixels[k] = _subpixel_contour(rgb, self.masks[k], self.sdf[k], *self.pixels[k],
+                                                                alpha=inputs.alpha(k))
 
     def __call__(self, cams: list[Camera]) -> float:
         mh, mw = self.masks[0].shape
@@ -385,7 +386,8 @@ SUBPIXEL_CONTRAST = 0.15  # object-background colour distance below which colour
 
 
 def _subpixel_contour(rgb: np.ndarray, mask: np.ndarray, sdf: np.ndarray, ii: np.ndarray,
-                      jj: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+                      jj: np.ndarray, alpha: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The signed distances corrected by each edge pixel's coverage, and edge rays moved onto
     the corrected contour.
 
@@ -397,8 +399,10 @@ def _subpixel_contour(rgb: np.ndarray, mask: np.ndarray, sdf: np.ndarray, ii: np
     and penguin.)
     """
     edge = mask & ~_erode3(mask)
-    alpha, strength = colour_coverage(rgb, mask.astype(np.float32))
-    alpha = np.where(strength > SUBPIXEL_CONTRAST**2, alpha, 1.0)  # no evidence: as the mask says
+    if alpha is None or alpha.shape != mask.shape:
+        alpha, strength = colour_coverage(rgb, mask.astype(np.float32))
+        alpha = np.where(strength > SUBPIXEL_CONTRAST**2, alpha, 1.0)  # no evidence: as the mask says
+    # else: an uploaded matte's alpha is the coverage itself (recon.decode.alpha_is_mask)
     correction = np.where(edge, alpha - SUBPIXEL_LEVEL - 0.5, 0.0)
     _, (ni, nj) = ndimage.distance_transform_edt(~edge, return_indices=True)
     sdf = (sdf + np.where(np.abs(sdf) <= 2.0, correction[ni, nj], 0.0)).astype(np.float32)

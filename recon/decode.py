@@ -25,6 +25,7 @@ from recon.rig import SLOTS, Camera
 from recon.types import Inputs
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # same default as jobs.settings.Settings.max_pixels
+ALPHA_TRANSPARENT = 0.02  # alpha below this is transparent (background)
 BACKGROUND_TOLERANCE = 0.04  # colour distance (max over channels) still counted as background
 VIEW_FIELD, DEPTH_FIELD, TRANSFORMS_FIELD = "views", "depth_renders", "transforms"
 
@@ -70,9 +71,10 @@ def decode_inputs(
                                    field=field, sizes={p.name: list(a.shape[:2]) for p, a in zip(paths, arrays)})
 
     depth_masks = [d > 0 for d in depth_raw]
+    alphas = [alpha if alpha is not None and alpha_is_mask(alpha) else None for alpha in alphas]
     masks = []
     for slot, rgb, alpha, dmask, vpath in zip(SLOTS, images, alphas, depth_masks, views):
-        mask = alpha > 0.5 if alpha is not None else _mask_from_depth_and_colour(rgb, dmask)
+        mask = alpha >= 0.5 if alpha is not None else _mask_from_depth_and_colour(rgb, dmask)
         if not mask.any():
             raise ValidationFailed(f"View '{vpath.name}' ({slot}) shows no object: its mask is empty",
                                    field=VIEW_FIELD, file=vpath.name, slot=slot)
@@ -83,7 +85,16 @@ def decode_inputs(
         w, h = images[0].shape[1], images[0].shape[0]
         known = read_transforms(Path(transforms_path), [p.name for p in views], w, h)
     return Inputs(images=images, masks=masks, depth_raw=depth_raw, depth_masks=depth_masks,
-                  names=[p.name for p in views], known_cameras=known)
+                  names=[p.name for p in views], known_cameras=known, alphas=alphas)
+
+
+def alpha_is_mask(alpha: np.ndarray) -> bool:
+    """Whether a view's alpha channel cuts the object out: some pixels are (nearly) transparent.
+
+    An RGBA export that is opaque everywhere says nothing about the object (its mask then comes
+    from depth and the background colour); one with transparent pixels is the user's own matte,
+    whose fractional edge values are the outline's coverage, better than any colour estimate."""
+    return bool((alpha < ALPHA_TRANSPARENT).any())
 
 
 def slot_in_name(name: str) -> str | None:

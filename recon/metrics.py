@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from recon.gate import GateSettings, depth_agreement, gate_scores, structure_images, worst_status
 from recon.mesh import TexturedMesh
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
@@ -26,6 +27,7 @@ BANDS = {
     "warning": {"psnr_min": 20.0, "ssim_min": 0.75},
 }
 COMPARISON_MAX = 512  # long side of the per-view comparison images
+GATE_MAX = 512  # long side at which the gate compares appearance (recon.gate)
 PSNR_CAP = 100.0  # identical images: report the cap instead of infinity (JSON has no inf)
 
 
@@ -85,8 +87,14 @@ def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out[..., 0] if image.ndim == 2 else out
 
 
-def composite_over_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The view's object on white (float32 RGB): background pixels (mask False) become white."""
+def composite_over_white(image: np.ndarray, mask: np.ndarray,
+                         alpha: np.ndarray | None = None) -> np.ndarray:
+    """The view's object on white (float32 RGB): background pixels (mask False) become white.
+    With an uploaded matte's `alpha`, every pixel is blended by it (its outline keeps the
+    fraction of object colour it has, whatever colour the photo's background was)."""
+    if alpha is not None:
+        a = np.clip(alpha, 0.0, 1.0)[..., None]
+        return (image[..., :3] * a + (1.0 - a)).astype(np.float32)
     return np.where(mask[..., None], image[..., :3], 1.0).astype(np.float32)
 
 
@@ -174,6 +182,7 @@ def quality_report(
     silhouette pixel a stair-step error that is not a reconstruction error.
     """
     diagonal = float(np.linalg.norm(np.ptp(np.asarray(mesh.vertices), axis=0)))
+    gate = GateSettings()
     views = []
     for i, camera in enumerate(calibration.cameras):
         width, height = _render_size(camera.width, camera.height, max_resolution)
@@ -182,7 +191,8 @@ def quality_report(
                            mesh.faces, mesh.uv, mesh.texture)
         colour = block_mean(view.color, k)
         rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
-        image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i]), width, height)
+        image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
+                            width, height)
         mask = area_resize(inputs.masks[i], width, height)
         entry: dict[str, Any] = {
             "name": inputs.names[i] if i < len(inputs.names) else "",
@@ -190,8 +200,9 @@ def quality_report(
             "render_size": [width, height],
             **compare_view(colour, rendered_mask, image, mask),
         }
-        entry["depth_error_pct"] = _depth_error_pct(mesh, calibration, i, backend, max_resolution,
-                                                    diagonal)
+        depths = _depth_pair(mesh, calibration, i, backend, max_resolution)
+        entry["depth_error_pct"] = _depth_error_pct(*depths, diagonal) if depths else None
+        entry.update(_gate_view(colour, rendered_mask, image, mask, depths, diagonal, gate))
         if images_dir is not None:
             write_comparison(images_dir, camera.slot, image, colour)
         views.append(entry)
@@ -201,9 +212,15 @@ def quality_report(
         return float(np.mean(values)) if values else None
 
     psnr_mean, ssim_mean = mean("psnr"), mean("ssim")
+    worst = min(views, key=lambda v: (v["gate_psnr"] >= BANDS["warning"]["psnr_min"]
+                                      and v["gate_ssim"] >= BANDS["warning"]["ssim_min"],
+                                      v["gate_ssim"], v["gate_psnr"]))
     return {
         "model": model,
-        "status": quality_status(psnr_mean, ssim_mean),
+        "status": worst_status([v["gate_status"] for v in views]),
+        "gate": {"psnr": worst["gate_psnr"], "ssim": worst["gate_ssim"], "view": worst["slot"],
+                 "psnr_mean": mean("gate_psnr"), "ssim_mean": mean("gate_ssim"),
+                 "depth_agreement_min": min(v["depth_agreement"] for v in views)},
         "psnr": psnr_mean,
         "ssim": ssim_mean,
         "psnr_full": mean("psnr_full"),
@@ -212,8 +229,10 @@ def quality_report(
         "depth_error_pct": mean("depth_error_pct"),
         "views": views,
         "bands": BANDS,
-        "status_from": "object-pixel PSNR and SSIM means (psnr, ssim)",
+        "status_from": "the quality gate (gate, method.gate): the worst view's band of its gate "
+        "PSNR/SSIM; psnr and ssim are the object-pixel means, reported but not gated",
         "method": {
+            "gate": gate.describe(),
             "object_pixels": "union of the input mask and the rendered mask; SSIM map averaged "
             "over it",
             "full_frame": "input composited over white vs the render on white",
@@ -236,10 +255,10 @@ def quality_report(
     }
 
 
-def _depth_error_pct(mesh: TexturedMesh, calibration: Calibration, i: int, backend: RenderBackend,
-                     max_resolution: int, diagonal: float) -> float | None:
-    """Mean absolute depth difference against the calibrated depth map, % of the bbox diagonal."""
-    if i >= len(calibration.depths) or i >= len(calibration.depth_cameras) or diagonal <= 0:
+def _depth_pair(mesh: TexturedMesh, calibration: Calibration, i: int, backend: RenderBackend,
+                max_resolution: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rendered, calibrated) metric z-depth of view i at min(depth size, max_resolution / 2)."""
+    if i >= len(calibration.depths) or i >= len(calibration.depth_cameras):
         return None
     target = np.asarray(calibration.depths[i], dtype=np.float32)
     camera = calibration.depth_cameras[i]
@@ -252,7 +271,34 @@ def _depth_error_pct(mesh: TexturedMesh, calibration: Calibration, i: int, backe
         target = target[rows][:, cols]
     rendered = render_mesh(backend, camera.at_resolution(width, height), mesh.vertices,
                            mesh.faces).depth
+    return rendered, target
+
+
+def _depth_error_pct(rendered: np.ndarray, target: np.ndarray, diagonal: float) -> float | None:
+    """Mean absolute depth difference where both have depth, % of the bbox diagonal."""
     both = (rendered > 0) & (target > 0)
-    if not both.any():
+    if not both.any() or diagonal <= 0:
         return None
     return float(np.abs(rendered[both] - target[both]).mean() / diagonal * 100.0)
+
+
+def _gate_view(colour: np.ndarray, rendered_mask: np.ndarray, image: np.ndarray, mask: np.ndarray,
+               depths: tuple[np.ndarray, np.ndarray] | None, diagonal: float,
+               settings: GateSettings) -> dict[str, Any]:
+    """One view's gate measures (recon.gate): appearance after gain and blur, depth agreement.
+
+    Compared at most GATE_MAX pixels on the long side: the images are blurred by 1 % of the
+    object's extent anyway, so finer pixels only cost time."""
+    height, width = mask.shape
+    size = _render_size(width, height, GATE_MAX)
+    if size != (width, height):
+        colour, image = area_resize(colour, *size), area_resize(image, *size)
+        rendered_mask, mask = area_resize(rendered_mask, *size), area_resize(mask, *size)
+    render_s, input_s, sigma = structure_images(colour, rendered_mask, image, mask, settings)
+    appearance = compare_view(render_s, rendered_mask, input_s, mask)
+    agreement = (depth_agreement(*depths, settings.depth_tolerance_pct / 100.0 * diagonal,
+                                 settings.depth_edge_px) if depths and diagonal > 0 else 1.0)
+    gate_psnr, gate_ssim = gate_scores(appearance["psnr"], appearance["ssim"], agreement, settings)
+    return {"appearance_psnr": appearance["psnr"], "appearance_ssim": appearance["ssim"],
+            "blur_sigma_px": sigma, "depth_agreement": agreement, "gate_psnr": gate_psnr,
+            "gate_ssim": gate_ssim, "gate_status": quality_status(gate_psnr, gate_ssim)}

@@ -16,6 +16,7 @@ import argparse
 import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,40 @@ def _jittered_clip(camera: Camera, vertices: np.ndarray, dx: float, dy: float) -
     return pos
 
 
+def render_coverage(
+    backend: RenderBackend,
+    camera: Camera,
+    mesh: trimesh.Trimesh,
+    colour: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    supersample: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Premultiplied colour (H, W, 3) and coverage (H, W) float32, rows top-down, box-filtered over
+    supersample^2 samples; `colour(points, normals)` colours the covered samples (world points and
+    interpolated unit vertex normals), so shaded photographs share the albedo's sampling."""
+    from recon.render.views import vertex_normals
+
+    verts = np.asarray(mesh.vertices, dtype=np.float32)
+    tri = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int32))
+    attr = torch.as_tensor(np.concatenate([verts, vertex_normals(verts, mesh.faces)], axis=1))
+    acc = np.zeros((camera.height, camera.width, 3), dtype=np.float32)
+    cov = np.zeros((camera.height, camera.width), dtype=np.float32)
+    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
+    with torch.no_grad():
+        for ox in offsets:
+            for oy in offsets:
+                pos = _jittered_clip(camera, verts, -ox, -oy)
+                rast = backend.rasterize(pos, tri, (camera.height, camera.width))
+                covered = (rast[0, ..., 3] > 0).numpy()
+                interp = backend.interpolate(attr, rast, tri)[0].numpy()[covered]
+                normals = interp[:, 3:] / np.maximum(np.linalg.norm(interp[:, 3:], axis=1, keepdims=True), 1e-12)
+                sample = np.zeros_like(acc)
+                sample[covered] = colour(interp[:, :3], normals)
+                acc += sample[::-1]
+                cov += covered[::-1]
+    n = supersample**2
+    return acc / n, cov / n
+
+
 def render_albedo(
     backend: RenderBackend,
     camera: Camera,
@@ -176,22 +211,8 @@ def render_albedo(
     supersample: int = 2,
 ) -> np.ndarray:
     """RGB (H, W, 3) float32 on white, rows top-down, box-filtered over supersample^2 samples."""
-    verts = np.asarray(mesh.vertices, dtype=np.float32)
-    tri = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int32))
-    attr = torch.as_tensor(verts)
-    acc = np.zeros((camera.height, camera.width, 3), dtype=np.float32)
-    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
-    with torch.no_grad():
-        for ox in offsets:
-            for oy in offsets:
-                pos = _jittered_clip(camera, verts, -ox, -oy)
-                rast = backend.rasterize(pos, tri, (camera.height, camera.width))
-                covered = (rast[0, ..., 3] > 0).numpy()
-                points = backend.interpolate(attr, rast, tri)[0].numpy()
-                sample = np.ones_like(acc)
-                sample[covered] = texture(points[covered])
-                acc += sample[::-1]
-    return acc / supersample**2
+    colour, coverage = render_coverage(backend, camera, mesh, lambda p, _n: texture(p), supersample)
+    return colour + (1.0 - coverage)[..., None]
 
 
 def render_depth(backend: RenderBackend, camera: Camera, mesh: trimesh.Trimesh) -> np.ndarray:
@@ -242,6 +263,25 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
+def write_novel_and_truth_mesh(
+    backend: RenderBackend, out: Path, mesh: trimesh.Trimesh, texture: SolidTexture, fov_deg: float,
+    size: int, distance: float, count: int, supersample: int,
+) -> list[dict]:
+    """Clean albedo novel views (novel/novel_{i}.png) and the vertex-coloured truth_mesh.ply;
+    returns truth.json's "novel" entries."""
+    novel = []
+    for i, cam in enumerate(novel_cameras(fov_deg, size, distance, count)):
+        name = f"novel/novel_{i}.png"
+        _save_png(out / name, render_albedo(backend, cam, mesh, texture, supersample))
+        novel.append({"image": name, "camera": cam.to_dict()})
+    colour_mesh = mesh.copy()
+    colour_mesh.visual = trimesh.visual.ColorVisuals(
+        colour_mesh, vertex_colors=np.rint(texture(mesh.vertices) * 255).astype(np.uint8)
+    )
+    colour_mesh.export(out / "truth_mesh.ply")
+    return novel
+
+
 def render_case(
     mesh: trimesh.Trimesh,
     out_dir: Path | str,
@@ -284,17 +324,8 @@ def render_case(
             {"slot": cam.slot, "view": f"views/{view_name}", "depth": f"depths/{depth_name}",
              "camera": cam.to_dict(), "depth_encoding": encoding}
         )
-    novel = []
-    size = novel_res or view_res
-    for i, cam in enumerate(novel_cameras(fov_deg, size, distance, novel_views)):
-        name = f"novel/novel_{i}.png"
-        _save_png(out / name, render_albedo(backend, cam, mesh, texture, supersample))
-        novel.append({"image": name, "camera": cam.to_dict()})
-    colour_mesh = mesh.copy()
-    colour_mesh.visual = trimesh.visual.ColorVisuals(
-        colour_mesh, vertex_colors=np.rint(texture(mesh.vertices) * 255).astype(np.uint8)
-    )
-    colour_mesh.export(out / "truth_mesh.ply")
+    novel = write_novel_and_truth_mesh(backend, out, mesh, texture, fov_deg, novel_res or view_res,
+                                       distance, novel_views, supersample)
     truth = {
         "fov_deg": fov_deg,
         "distance": distance,

@@ -18,6 +18,9 @@ class Inputs:
     depth_raw: (h, w) float32, the PNG's value / max for its bit depth (0 = background);
     depth_masks: (h, w) bool. Depth resolution may differ from the image resolution.
     known_cameras: cameras from an uploaded transforms.json (skip the rig search), else None.
+    alphas: per view, the (H, W) float32 alpha in [0, 1] of an RGBA upload that cuts the object
+    out (recon.decode.alpha_is_mask), else None: the mask is alpha >= 0.5 and an outline pixel's
+    coverage is its alpha. Empty when unknown (inputs built in code).
     """
 
     images: list[np.ndarray]
@@ -27,6 +30,11 @@ class Inputs:
     names: list[str] = field(default_factory=list)
     slots: tuple[str, ...] = SLOTS
     known_cameras: list[Camera] | None = None
+    alphas: list[np.ndarray | None] = field(default_factory=list)
+
+    def alpha(self, i: int) -> np.ndarray | None:
+        """View i's alpha coverage, or None when its mask does not come from alpha."""
+        return self.alphas[i] if i < len(self.alphas) else None
 
     @property
     def image_size(self) -> tuple[int, int]:
