@@ -97,7 +97,7 @@ def test_download_is_byte_identical_and_resumable(api: httpx.Client, local_api: 
     assert full.status_code == again.status_code == 200
     assert full.content == again.content and len(full.content) == total
     assert full.headers["accept-ranges"] == "bytes" and full.headers["etag"] == again.headers["etag"]
-    assert again.headers["content-length"] == str(total)
+    assert "content-length" not in again.headers  # chunked: a rerun publishing mid-stream cannot cut it short
     assert first.content == full.content[:100]
     with zipfile.ZipFile(io.BytesIO(full.content)) as archive:
         assert archive.testzip() is None

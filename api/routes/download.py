@@ -195,7 +195,8 @@ async def download(
             headers.update({"Content-Range": wanted.content_range(size), "Content-Length": str(wanted.length)})
             return StreamingResponse(slice_chunks(stream_zip(members, modified), wanted), status_code=206,
                                      media_type="application/zip", headers=headers)
-    if (size := _LENGTHS.get(etag)) is not None:
-        headers["Content-Length"] = str(size)
+    # No Content-Length on the whole archive, although its length may be known: a reprocess run
+    # that publishes while this stream reads would change the bytes under a promised length and
+    # cut the download short; chunked, the ZIP stays whole (each entry carries its own sizes).
     return StreamingResponse(_counted(stream_zip(members, modified), etag), media_type="application/zip",
                              headers=headers)
