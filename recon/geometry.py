@@ -38,6 +38,10 @@ SMOOTH_STEP = 0.02  # depth steps above this (x frame half-size) between neighbo
 # Measured at 2048 px views: 0.45 mask px left fish's input PSNR at 29.4 dB, 0.65 gives 30.3 (spot
 # +0.2, penguin +0.04, cup +0.5; novel views within 0.6 dB); 0.25 gives 28.9.
 MASK_EDGE_BIAS = 0.65  # mask pixels
+# Depth of the slab kept behind every observed surface (SignedField), in voxels: a wall of no
+# thickness seen from both sides becomes twice this thick, enough for marching cubes to sample
+# it at any orientation (a slab thinner than a voxel diagonal falls between samples).
+SHELL_VOXELS = 1.0
 
 
 def fuse_geometry(
@@ -53,6 +57,7 @@ def fuse_geometry(
     field = SignedField(inputs, calibration)
     hooks.progress(0.05, "geometry: silhouette distances")
     lo, hi = field.bounds()
+    field.shell = SHELL_VOXELS * float((hi - lo).max()) / resolution
     volume, spacing, active = _sample_coarse_to_fine(field, lo, hi, resolution, hooks.sub(0.05, 0.6))
     hooks.check()
     hooks.progress(0.65, "geometry: marching cubes")
@@ -162,9 +167,19 @@ def smooth_keeping_contours(mesh: trimesh.Trimesh, centres: list[np.ndarray]) ->
 
 
 class SignedField:
-    """Signed distance-like field of the depth-carved visual hull, positive outside."""
+    """Signed distance-like field of the depth-carved visual hull, positive outside.
 
-    def __init__(self, inputs: Inputs, calibration: Calibration) -> None:
+    With `shell` > 0 the hull is united with a slab `shell` deep behind every surface a view's
+    depth observes (where the depth is smooth, i.e. reliable): a wall of no thickness seen from
+    both sides is carved from both sides by the hull and would leave nothing marching cubes can
+    sample, and a view looking into an opening carves the space just inside walls that other
+    views see from outside. The slabs keep every observed surface (DESIGN §6: no carving may
+    remove a surface that some view's depth observes) at a thickness the grid resolves; on solid
+    parts they lie inside the hull and change nothing.
+    """
+
+    def __init__(self, inputs: Inputs, calibration: Calibration, shell: float = 0.0) -> None:
+        self.shell = float(shell)
         self.sil_cams: list[Camera] = []
         self.sil_sdf: list[np.ndarray] = []
         for cam, mask in zip(calibration.cameras, inputs.masks):
@@ -196,6 +211,8 @@ class SignedField:
     def _eval(self, pts: np.ndarray) -> np.ndarray:
         pts = pts.astype(np.float32, copy=False)
         field = np.full(len(pts), -np.inf, np.float32)
+        shell = np.full(len(pts), np.inf, np.float32)
+        half = np.float32(self.shell / 2)
         for cam, sdf, dcam, depth in zip(self.sil_cams, self.sil_sdf, self.depth_cams, self.depths):
             xn, yn, z = normalized_coords(cam, pts)
             # silhouette: image distance (pixels) -> world units at the point's depth
@@ -204,9 +221,12 @@ class SignedField:
             sil *= np.maximum(z, np.float32(1e-3)) / np.float32(cam.focal)
             np.maximum(field, sil, out=field)
             dx, dy = to_pixels(dcam, xn, yn)
-            carve = depth.sample(dx, dy) - z  # > 0: in front of the visible surface
-            np.fmax(field, carve, out=field)  # NaN (no depth seen there) never wins
-        return field
+            front, surface = depth.sample(dx, dy)
+            np.fmax(field, front - z, out=field)  # > 0: in front of the visible surface; NaN never wins
+            if half > 0:
+                # distance to the slab [surface, surface + shell] behind the observed surface
+                np.fmin(shell, np.abs(z - surface - half) - half, out=shell)  # NaN: no smooth depth
+        return np.minimum(field, shell) if half > 0 else field
 
 
 def _silhouette_sdf(mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -265,31 +285,42 @@ class _DepthCells:
         smooth = np.logical_and.reduce(valid) & (farthest - nearest < step)
         values = np.unique(depth[depth > 0])
         quantum = float(np.median(np.diff(values))) if values.size > 2 else 0.0
-        slack = np.full(depth.shape, 0.5 * quantum)
         self.depth = depth
         self.nearest = np.where(np.isfinite(nearest), nearest, np.nan).astype(np.float32)
         self.smooth = smooth
-        self.slack = slack.astype(np.float32)
+        self.slack = np.float32(0.5 * quantum)
 
-    def sample(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-        """Observed metric depth minus its slack at pixel coordinates; NaN where the view saw
-        no surface.
+    def sample(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(carving depth, observed surface depth) at pixel coordinates, both minus the slack.
 
-        Bilinear where the four neighbours are valid and close together; at depth edges (object
-        boundary, occlusion steps) the nearest of the valid neighbours, which carves the least.
+        The carving depth is bilinear where the four neighbours are valid and close together;
+        at depth edges (object boundary, occlusion steps) the nearest of the valid neighbours,
+        which carves the least. The surface depth is the bilinear value where it is smooth and
+        NaN elsewhere: edge cells mix surfaces and must not claim one. Both are NaN where the
+        view saw no surface.
         """
         h, w = self.depth.shape
         x = px - 0.5
         y = py - 0.5
         inb = (x > -1) & (x < w) & (y > -1) & (y < h)
-        x0 = np.clip(np.floor(x), 0, w - 1).astype(np.int32)
-        y0 = np.clip(np.floor(y), 0, h - 1).astype(np.int32)
+        xf, yf = np.floor(x), np.floor(y)
+        x0 = np.clip(xf, 0, w - 1).astype(np.int32)
+        y0 = np.clip(yf, 0, h - 1).astype(np.int32)
+        x1 = np.minimum(np.maximum(xf + 1, 0), w - 1).astype(np.int32)
+        y1 = np.minimum(np.maximum(yf + 1, 0), h - 1).astype(np.int32)
         cell = y0 * w + x0
-        bil = ndimage.map_coordinates(self.depth, [y, x], order=1, mode="nearest", prefilter=False)
-        out = np.where(self.smooth.reshape(-1)[cell], bil, self.nearest.reshape(-1)[cell])
-        out -= self.slack.reshape(-1)[cell]
+        # bilinear with clamped edges by four gathers: ndimage.map_coordinates' generic
+        # transform was the field's largest cost
+        flat = self.depth.reshape(-1)
+        fx, fy = x - xf, y - yf
+        top = flat[cell] + fx * (flat[y0 * w + x1] - flat[cell])
+        below = flat[y1 * w + x0] + fx * (flat[y1 * w + x1] - flat[y1 * w + x0])
+        bil = top + fy * (below - top)
+        smooth = self.smooth.reshape(-1)[cell] & inb
+        bil -= self.slack
+        out = np.where(smooth, bil, self.nearest.reshape(-1)[cell] - self.slack)
         out[~inb] = np.nan
-        return out
+        return out, np.where(smooth, bil, np.float32(np.nan))
 
 
 def _sample_coarse_to_fine(field: SignedField, lo: np.ndarray, hi: np.ndarray, resolution: int,
