@@ -161,11 +161,9 @@ class _ViewLookup:
 
     def __init__(self, inputs: Inputs, i: int, camera: Camera, vertices: np.ndarray, faces: np.ndarray,
                  backend: RenderBackend) -> None:
-        image = np.asarray(inputs.images[i], dtype=np.float32)[..., :3]
+        self.image = np.asarray(inputs.images[i], dtype=np.float32)[..., :3]
         self.full_mask = np.asarray(inputs.masks[i], bool)
-        h, w = image.shape[:2]
-        self.premultiplied = np.concatenate([image * self.full_mask[..., None], self.full_mask[..., None]],
-                                            axis=2, dtype=np.float32)
+        h, w = self.image.shape[:2]
         self.cam = camera.at_resolution(w, h)
         self.scale = min(1.0, VISIBILITY_MAX_RES / max(w, h))
         self.vis_cam = self.cam.at_resolution(max(1, round(w * self.scale)), max(1, round(h * self.scale)))
@@ -196,7 +194,10 @@ class _ViewLookup:
         idx, cos, px, py, vx, vy = (a[ok] for a in (idx, cos, px, py, vx, vy))
         weight = (cos ** angle_power) * _nearest(self.edge, vx, vy)
         # Mask-weighted bilinear lookup: taps on the background never leak into the colour.
-        sample = _bilinear(self.premultiplied, px, py)
+        # (built per call, not kept: six full-size copies would add to the bake's peak memory)
+        premultiplied = np.concatenate([self.image * self.full_mask[..., None], self.full_mask[..., None]],
+                                       axis=2, dtype=np.float32)
+        sample = _bilinear(premultiplied, px, py)
         return idx, weight, sample[:, :3] / np.maximum(sample[:, 3:], 1e-6)
 
 
