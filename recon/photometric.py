@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 DARK, BRIGHT = 0.02, 0.98  # colours outside this range are clipped or noise-dominated
-ROUNDS = 20
+ROUNDS = 10
 MAX_LOG_GAIN = np.log(2.0)  # exposure differences beyond this are not plausible for one shoot
 
 

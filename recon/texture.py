@@ -38,7 +38,7 @@ DEPTH_TOLERANCE = 0.005  # relative z-depth difference accepted as "the same sur
 EDGE_FRACTION = 0.006  # weight ramps up over this fraction of the view's size from mask/depth edges
 EDGE_FLOOR = 1e-3  # weight of a texel right at an edge: used only when nothing better sees it
 VISIBILITY_MAX_RES = 1024  # depth maps for the visibility test are rendered at most this large
-PHOTOMETRIC_SAMPLES = 200_000  # texels the per-view gains are solved on
+PHOTOMETRIC_SAMPLES = 50_000  # texels the per-view gains are solved on
 
 
 @dataclass
