@@ -173,9 +173,10 @@ class _ViewLookup:
         ramp = max(2.0, EDGE_FRACTION * max(self.vis_cam.width, self.vis_cam.height))
         self.edge = _edge_weight(self.valid, view.depth, ramp)
 
-    def __call__(self, points: np.ndarray, normals: np.ndarray,
-                 angle_power: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices into points, weights, colours (N, 3)) of the points this view sees."""
+    def __call__(self, points: np.ndarray, normals: np.ndarray, angle_power: float,
+                 exact: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices into points, weights, colours (N, 3)) of the points this view sees; with
+        exact=False the colour is the nearest pixel's (enough for the gains, and cheaper)."""
         cam, vis_cam = self.cam, self.vis_cam
         # Facing test first (cheap), then project only the points that face the camera.
         to_cam = cam.position.astype(np.float32) - points
@@ -193,6 +194,8 @@ class _ViewLookup:
         ok = (np.abs(rendered - z) <= tol) & _nearest(self.valid, vx, vy) & _nearest(self.full_mask, px, py)
         idx, cos, px, py, vx, vy = (a[ok] for a in (idx, cos, px, py, vx, vy))
         weight = (cos ** angle_power) * _nearest(self.edge, vx, vy)
+        if not exact:
+            return idx, weight, _nearest(self.image, px, py)
         # Mask-weighted bilinear lookup: taps on the background never leak into the colour.
         # (built per call, not kept: six full-size copies would add to the bake's peak memory)
         premultiplied = np.concatenate([self.image * self.full_mask[..., None], self.full_mask[..., None]],
@@ -226,7 +229,7 @@ def bake_colors(
     looks = [_ViewLookup(inputs, i, cam, vertices, faces, backend) for i, cam in enumerate(calibration.cameras)]
     # per-view gain and white balance from a sparse subset of texels (recon.photometric)
     subset = np.arange(0, n, max(1, n // PHOTOMETRIC_SAMPLES))
-    samples = [look(points[subset], normals[subset], angle_power) for look in looks]
+    samples = [look(points[subset], normals[subset], angle_power, exact=False) for look in looks]
     gains = solve_gains([(idx, colour, w) for idx, w, colour in samples], len(subset))
     hooks.progress(0.15, "texture: photometric normalisation")
     acc = np.zeros((n, 3), dtype=np.float32)
