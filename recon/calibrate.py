@@ -231,7 +231,7 @@ def precise_depth_fits(inputs: Inputs, cams: list[Camera], samples: int = 1500,
     out: list[_Samples] = []
     for k, raw in enumerate(inputs.depth_raw):
         cam = cams[k].at_resolution(dw, dh)
-        ii, jj = np.nonzero(raw > 0)
+        ii, jj = np.nonzero(trusted_depth(raw, inputs.masks[k]))
         pick = rng.choice(ii.size, size=min(samples, ii.size), replace=False)
         ii, jj = ii[pick], jj[pick]
         dirs = _rays(cam, ii, jj)
@@ -592,12 +592,33 @@ def _best_offsets(scales: np.ndarray, raw: np.ndarray, entry: np.ndarray, exit_:
     return cost[rows, j], k[rows, j]
 
 
+BLURRED_DEPTH_RING = 0.25  # depth pixels: a rendered depth's outline matches its view's (ring 0)
+
+
+def trusted_depth(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The depth pixels to believe: all of them when the depth outline matches the view's
+    silhouette; when it is wider by a ring (mean width in pixels; depth of another source with blurred edges, whose values ramp
+    toward the background and read as far), only pixels inside the silhouette and more than
+    three ring widths (at least two pixels) inside the depth outline."""
+    depth = raw > 0
+    colour = _downsample_mask(mask, max(raw.shape)) if mask.shape != raw.shape else mask
+    if colour.shape != depth.shape:
+        return depth
+    perimeter = int((depth & ~_erode3(depth)).sum())
+    ring = float((depth & ~colour).sum()) / max(perimeter, 1)
+    if ring < BLURRED_DEPTH_RING:
+        return depth
+    trusted = ndimage.binary_erosion(depth, iterations=max(2, int(math.ceil(3 * ring)))) & colour
+    return trusted if trusted.sum() > 0.25 * depth.sum() else depth
+
+
 def _result(inputs: Inputs, cand: _Candidate, cams: list[Camera], scores: dict) -> Calibration:
-    """Cameras at both resolutions and the metric depth maps from the chosen fits."""
+    """Cameras at both resolutions and the metric depth maps from the chosen fits (0, unknown,
+    where the depth is not trusted: blurred edges would carve the surface away)."""
     dw, dh = inputs.depth_size
     depths = []
-    for raw, fit in zip(inputs.depth_raw, cand.fits or []):
-        metric = np.where(raw > 0, fit["scale"] * raw + fit["offset"], 0.0).astype(np.float32)
+    for raw, fit, mask in zip(inputs.depth_raw, cand.fits or [], inputs.masks):
+        metric = np.where(trusted_depth(raw, mask), fit["scale"] * raw + fit["offset"], 0.0).astype(np.float32)
         depths.append(np.where(metric > 0, metric, 0.0).astype(np.float32))
     if len(depths) != len(SLOTS):
         raise ValidationFailed("Depth maps could not be fitted to the silhouettes", field="depth_renders")

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from recon.background import photo_mask
 from recon.errors import InvalidFileCount, InvalidFileFormat, ValidationFailed
 from recon.rig import SLOTS, Camera
 from recon.types import Inputs
@@ -27,6 +28,7 @@ from recon.types import Inputs
 DEFAULT_MAX_PIXELS = 4096 * 4096  # same default as jobs.settings.Settings.max_pixels
 ALPHA_TRANSPARENT = 0.02  # alpha below this is transparent (background)
 BACKGROUND_TOLERANCE = 0.04  # colour distance (max over channels) still counted as background
+PHOTO_BAND = 6  # depth pixels either side of the depth outline where a photo's colour decides
 VIEW_FIELD, DEPTH_FIELD, TRANSFORMS_FIELD = "views", "depth_renders", "transforms"
 
 # PIL modes a PNG decodes to, and the largest value of each (for normalising to [0, 1]).
@@ -208,12 +210,23 @@ def _mask_from_depth_and_colour(rgb: np.ndarray, depth_mask: np.ndarray) -> np.n
     inner = _resize_mask(ndimage.binary_erosion(depth_mask), w, h)
     outer = _resize_mask(ndimage.binary_dilation(depth_mask), w, h)
     bg = _border_background(rgb)
-    if bg is None:
-        return _resize_mask(depth_mask, w, h)
+    if bg is None or not _plain_around(rgb, depth_mask, bg):
+        # a photo's uneven background and shadows: recon.background models them
+        return photo_mask(rgb, _resize_mask(depth_mask, w, h), band_px=PHOTO_BAND * max(1, h // depth_mask.shape[0]))
     band = outer & ~inner
     mask = inner.copy()
     mask[band] = np.abs(rgb[band] - bg).max(axis=1) > BACKGROUND_TOLERANCE
     return mask
+
+
+def _plain_around(rgb: np.ndarray, depth_mask: np.ndarray, bg: np.ndarray) -> bool:
+    """Whether the whole background (not only the border) is the plain colour: a rendered view.
+    A photo's shadow or lighting falloff next to the object fails this."""
+    h, w = rgb.shape[:2]
+    away = ~_resize_mask(ndimage.binary_dilation(depth_mask, iterations=PHOTO_BAND), w, h)
+    step = max(1, h // 512)  # a sparse grid of pixels is enough
+    close = np.abs(rgb[::step, ::step][away[::step, ::step]] - bg).max(axis=1) <= BACKGROUND_TOLERANCE
+    return bool(close.mean() > 0.995) if close.size else True
 
 
 def _resize_mask(mask: np.ndarray, w: int, h: int) -> np.ndarray:

@@ -184,6 +184,7 @@ def quality_report(
     diagonal = float(np.linalg.norm(np.ptp(np.asarray(mesh.vertices), axis=0)))
     gate = GateSettings()
     views = []
+    gains = mesh.info.get("texture", {}).get("view_gains")  # recon.photometric, when the bake solved them
     for i, camera in enumerate(calibration.cameras):
         width, height = _render_size(camera.width, camera.height, max_resolution)
         k = max(1, int(supersample))
@@ -191,6 +192,8 @@ def quality_report(
                            mesh.faces, mesh.uv, mesh.texture)
         colour = block_mean(view.color, k)
         rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
+        if gains is not None:  # the texture is normalised; this view's exposure/white balance
+            colour = np.where(rendered_mask[..., None], np.clip(colour * np.float32(gains[i]), 0, 1), colour)
         image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
                             width, height)
         mask = area_resize(inputs.masks[i], width, height)

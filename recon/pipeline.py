@@ -115,7 +115,10 @@ def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | 
     paths.append(write_turntable(mesh, out, backend, calibration.fov_deg))
     hooks.progress(0.9, "export: turntable written")
     cameras = out / "cameras.json"
-    cameras.write_text(json.dumps(calibration.to_json(), indent=1, default=_json_default))
+    content = calibration.to_json()
+    if "view_gains" in mesh.info.get("texture", {}):  # per-view photometric corrections of the bake
+        content["view_gains"] = mesh.info["texture"]["view_gains"]
+    cameras.write_text(json.dumps(content, indent=1, default=_json_default))
     paths.append(cameras)
     hooks.progress(1.0, "export: done")
     return paths

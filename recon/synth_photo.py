@@ -101,20 +101,21 @@ def photograph(
     forward = -camera.c2w[:3, 2]  # camera looks down -Z
     light = -forward + rng.normal(size=3) * 0.6 * s  # a key light near the camera, off to a side
     light /= np.linalg.norm(light)
-    ambient = 1.0 - 0.45 * s
+    ambient = 1.0 - 0.35 * s
 
     def shaded(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
         lambert = np.clip(normals @ light.astype(np.float32), 0.0, 1.0)
         return texture(points) * (ambient + (1.0 - ambient) * lambert)[:, None]
 
     colour, coverage = render_coverage(backend, camera, mesh, shaded, supersample)
-    grey = rng.uniform(0.86, 0.93)
-    background = grey * (1.0 + 0.05 * s * _smooth_field(coverage.shape, rng))
-    shadow = _contact_shadow(coverage, camera, float(mesh.bounds[0][1])) * 0.35 * s
-    image = colour + ((1.0 - coverage) * background * (1.0 - shadow))[..., None]
     exposure = float(np.exp(rng.uniform(math.log(0.75), math.log(1.3)) * s))
     wb = np.exp(rng.uniform(-0.06, 0.06, size=3) * s)
     wb /= np.exp(np.log(wb).mean())  # white balance changes hue, exposure changes brightness
+    # off-white, exposed below clipping (as product shots are: a clipped sweep loses its hue)
+    grey = min(rng.uniform(0.86, 0.93), 0.95 / (exposure * float(wb.max()) * (1 + 0.05 * s)))
+    background = grey * (1.0 + 0.05 * s * _smooth_field(coverage.shape, rng))
+    shadow = _contact_shadow(coverage, camera, float(mesh.bounds[0][1])) * 0.35 * s
+    image = colour + ((1.0 - coverage) * background * (1.0 - shadow))[..., None]
     image = image * exposure * wb.astype(np.float32)
     blur = 0.6 * s * camera.height / 2048 + 0.25 * s
     image = ndimage.gaussian_filter(image, sigma=(blur, blur, 0))

@@ -26,9 +26,11 @@ from scipy import ndimage, sparse
 from recon.atlas import triangle_samples, unwrap
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
+from recon.photometric import solve_gains
 from recon.projection import project_points
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
+from recon.rig import Camera
 from recon.types import Calibration, Inputs
 
 ANGLE_POWER = 8.0  # k in cos^k: the most frontal view dominates, neighbours blend softly (k 3-30 measured within 0.1 dB)
@@ -36,6 +38,7 @@ DEPTH_TOLERANCE = 0.005  # relative z-depth difference accepted as "the same sur
 EDGE_FRACTION = 0.006  # weight ramps up over this fraction of the view's size from mask/depth edges
 EDGE_FLOOR = 1e-3  # weight of a texel right at an edge: used only when nothing better sees it
 VISIBILITY_MAX_RES = 1024  # depth maps for the visibility test are rendered at most this large
+PHOTOMETRIC_SAMPLES = 50_000  # texels the per-view gains are solved on
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Bake:
     covered: np.ndarray  # (T, T) bool: texel centre inside a chart
     seen: np.ndarray  # (T, T) bool: coloured from at least one view
     views_used: list[int]  # texels each view contributed to
+    view_gains: list[list[float]]  # per view RGB gain the view's colours were divided by
 
 
 def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> AtlasRaster:
@@ -150,6 +154,56 @@ def _vertex_colors_from_texels(raster: AtlasRaster, colors: np.ndarray, seen: np
     return out
 
 
+class _ViewLookup:
+    """One view's contribution to the bake: which surface points it sees (visibility from a
+    render of the mesh, inside its mask, facing it), their weight (cos^k of the viewing angle
+    times the distance to mask and depth edges) and their colour."""
+
+    def __init__(self, inputs: Inputs, i: int, camera: Camera, vertices: np.ndarray, faces: np.ndarray,
+                 backend: RenderBackend) -> None:
+        self.image = np.asarray(inputs.images[i], dtype=np.float32)[..., :3]
+        self.full_mask = np.asarray(inputs.masks[i], bool)
+        h, w = self.image.shape[:2]
+        self.cam = camera.at_resolution(w, h)
+        self.scale = min(1.0, VISIBILITY_MAX_RES / max(w, h))
+        self.vis_cam = self.cam.at_resolution(max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        view = render_mesh(backend, self.vis_cam, vertices, faces)
+        self.depth = view.depth
+        self.valid = view.mask & _nearest_resize(self.full_mask, self.vis_cam.height, self.vis_cam.width)
+        ramp = max(2.0, EDGE_FRACTION * max(self.vis_cam.width, self.vis_cam.height))
+        self.edge = _edge_weight(self.valid, view.depth, ramp)
+
+    def __call__(self, points: np.ndarray, normals: np.ndarray, angle_power: float,
+                 exact: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices into points, weights, colours (N, 3)) of the points this view sees; with
+        exact=False the colour is the nearest pixel's (enough for the gains, and cheaper)."""
+        cam, vis_cam = self.cam, self.vis_cam
+        # Facing test first (cheap), then project only the points that face the camera.
+        to_cam = cam.position.astype(np.float32) - points
+        cos_all = np.einsum("nc,nc->n", normals, to_cam) / np.maximum(np.linalg.norm(to_cam, axis=1), 1e-12)
+        idx = np.nonzero(cos_all > 0.05)[0]
+        cos = cos_all[idx]
+        px, py, z = project_points(cam, points[idx])
+        vx, vy = px * self.scale, py * self.scale
+        keep = (z > 0) & (vx >= 0) & (vy >= 0) & (vx < vis_cam.width) & (vy < vis_cam.height)
+        idx, cos, px, py, z, vx, vy = (a[keep] for a in (idx, cos, px, py, z, vx, vy))
+        rendered = _nearest(self.depth, vx, vy)
+        # The rendered depth varies within a pixel by up to (pixel footprint) * tan(angle).
+        tan = np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / np.maximum(cos, 0.2)
+        tol = z * (DEPTH_TOLERANCE + 1.5 * tan / vis_cam.focal)
+        ok = (np.abs(rendered - z) <= tol) & _nearest(self.valid, vx, vy) & _nearest(self.full_mask, px, py)
+        idx, cos, px, py, vx, vy = (a[ok] for a in (idx, cos, px, py, vx, vy))
+        weight = (cos ** angle_power) * _nearest(self.edge, vx, vy)
+        if not exact:
+            return idx, weight, _nearest(self.image, px, py)
+        # Mask-weighted bilinear lookup: taps on the background never leak into the colour.
+        # (built per call, not kept: six full-size copies would add to the bake's peak memory)
+        premultiplied = np.concatenate([self.image * self.full_mask[..., None], self.full_mask[..., None]],
+                                       axis=2, dtype=np.float32)
+        sample = _bilinear(premultiplied, px, py)
+        return idx, weight, sample[:, :3] / np.maximum(sample[:, 3:], 1e-6)
+
+
 def bake_colors(
     vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, vmapping: np.ndarray,
     inputs: Inputs, calibration: Calibration, backend: RenderBackend, *, texture_size: int = 2048,
@@ -171,47 +225,23 @@ def bake_colors(
     hooks.progress(0.1, "texture: atlas rasterised")
 
     n = len(raster.texel)
+    n_views = len(calibration.cameras)
+    looks = [_ViewLookup(inputs, i, cam, vertices, faces, backend) for i, cam in enumerate(calibration.cameras)]
+    # per-view gain and white balance from a sparse subset of texels (recon.photometric)
+    subset = np.arange(0, n, max(1, n // PHOTOMETRIC_SAMPLES))
+    samples = [look(points[subset], normals[subset], angle_power, exact=False) for look in looks]
+    gains = solve_gains([(idx, colour, w) for idx, w, colour in samples], len(subset))
+    hooks.progress(0.15, "texture: photometric normalisation")
     acc = np.zeros((n, 3), dtype=np.float32)
     wsum = np.zeros(n, dtype=np.float32)
     views_used = []
-    n_views = len(calibration.cameras)
-    for i, cam in enumerate(calibration.cameras):
+    for i, look in enumerate(looks):
         hooks.check()
-        image = np.asarray(inputs.images[i], dtype=np.float32)[..., :3]
-        full_mask = np.asarray(inputs.masks[i], bool)
-        h, w = image.shape[:2]
-        premultiplied = np.concatenate([image * full_mask[..., None], full_mask[..., None]], axis=2,
-                                       dtype=np.float32)
-        cam = cam.at_resolution(w, h)
-        scale = min(1.0, VISIBILITY_MAX_RES / max(w, h))
-        vis_cam = cam.at_resolution(max(1, round(w * scale)), max(1, round(h * scale)))
-        view = render_mesh(backend, vis_cam, vertices, faces)
-        mask_small = _nearest_resize(full_mask, vis_cam.height, vis_cam.width)
-        valid = view.mask & mask_small
-        edge = _edge_weight(valid, view.depth, max(2.0, EDGE_FRACTION * max(vis_cam.width, vis_cam.height)))
-
-        # Facing test first (cheap), then project only the texels that face the camera.
-        to_cam = cam.position.astype(np.float32) - points
-        cos_all = np.einsum("nc,nc->n", normals, to_cam) / np.maximum(np.linalg.norm(to_cam, axis=1), 1e-12)
-        idx = np.nonzero(cos_all > 0.05)[0]
-        cos = cos_all[idx]
-        px, py, z = project_points(cam, points[idx])
-        vx, vy = px * scale, py * scale
-        keep = (z > 0) & (vx >= 0) & (vy >= 0) & (vx < vis_cam.width) & (vy < vis_cam.height)
-        idx, cos, px, py, z, vx, vy = (a[keep] for a in (idx, cos, px, py, z, vx, vy))
-        rendered = _nearest(view.depth, vx, vy)
-        # The rendered depth varies within a pixel by up to (pixel footprint) * tan(angle).
-        tan = np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / np.maximum(cos, 0.2)
-        tol = z * (DEPTH_TOLERANCE + 1.5 * tan / vis_cam.focal)
-        ok = (np.abs(rendered - z) <= tol) & _nearest(valid, vx, vy) & _nearest(full_mask, px, py)
-        idx, cos, px, py, vx, vy = (a[ok] for a in (idx, cos, px, py, vx, vy))
-        weight = (cos ** angle_power) * _nearest(edge, vx, vy)
-        # Mask-weighted bilinear lookup: taps on the background never leak into the colour.
-        sample = _bilinear(premultiplied, px, py)
-        acc[idx] += weight[:, None] * sample[:, :3] / np.maximum(sample[:, 3:], 1e-6)
+        idx, weight, colour = look(points, normals, angle_power)
+        acc[idx] += weight[:, None] * colour / gains[i].astype(np.float32)
         wsum[idx] += weight
         views_used.append(int(len(idx)))
-        hooks.progress(0.1 + 0.8 * (i + 1) / n_views, f"texture: view {i + 1}/{n_views}")
+        hooks.progress(0.15 + 0.75 * (i + 1) / n_views, f"texture: view {i + 1}/{n_views}")
 
     seen = wsum > 0
     colors = np.zeros((n, 3), dtype=np.float32)
@@ -238,7 +268,7 @@ def bake_colors(
     image = _dilate(image.reshape(size, size, 3), covered)
     texture = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     hooks.progress(1.0, "texture: done")
-    return Bake(texture, covered, seen_map.reshape(size, size), views_used)
+    return Bake(texture, covered, seen_map.reshape(size, size), views_used, gains.round(5).tolist())
 
 
 def _nearest_resize(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -298,6 +328,7 @@ def bake_texture(
         "chart_texels": covered,
         "observed_fraction": round(float(bake.seen.sum()) / max(covered, 1), 4),
         "view_texels": bake.views_used,
+        "view_gains": bake.view_gains,
         "fallback": "generated colours" if fallback_colors is not None else "diffused from seen texels",
         "unwrap_s": round(unwrap_s, 3),
         "bake_s": round(time.perf_counter() - started - unwrap_s, 3),

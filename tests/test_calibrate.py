@@ -105,3 +105,22 @@ def test_interval_fit_uses_the_pixels_the_hull_pins(sign: int) -> None:
     fit = fit_interval(raw, entry, exit_, sign, span=float(np.ptp(entry)) + 0.5)
     assert fit["scale"] == pytest.approx(true_scale, rel=0.03)
     assert fit["offset"] + fit["scale"] * 0.5 == pytest.approx(true_offset + true_scale * 0.5, abs=0.01)
+
+
+def test_blurred_depth_edges_are_not_trusted() -> None:
+    """Depth of another source with blurred edges reads far at its outline: those pixels are
+    left out of the fits and the metric depths; a rendered depth's pixels are all kept."""
+    from scipy import ndimage
+
+    from recon.calibrate import trusted_depth
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    silhouette = (yy - 32) ** 2 + (xx - 30) ** 2 < 20**2
+    raw = np.where(silhouette, 0.8, 0.0).astype(np.float32)
+    assert trusted_depth(raw, silhouette).sum() == silhouette.sum()
+    blurred = ndimage.gaussian_filter(raw, 1.5)
+    blurred = np.where(blurred > 0.01, blurred, 0.0)
+    trusted = trusted_depth(blurred, silhouette)
+    assert (blurred > 0).sum() > silhouette.sum()
+    assert trusted.sum() > 0.5 * silhouette.sum()
+    assert not (trusted & ~ndimage.binary_erosion(silhouette, iterations=2)).any()
