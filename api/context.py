@@ -8,9 +8,10 @@ The object store is synchronous (filesystem or the minio client); routes call it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from fastapi import Request
@@ -30,8 +31,8 @@ T = TypeVar("T")
 class ApiContext:
     settings: Settings
     store: ObjectStore
-    prefect: "PrefectClient"
-    views: "JobWatcher" = field(init=False)
+    prefect: PrefectClient
+    views: JobWatcher = field(init=False)
 
     def __post_init__(self) -> None:
         from api.job_watch import JobWatcher

@@ -79,7 +79,7 @@ class _Watched:
     """One watched job: what its view was built from, and when each part was read."""
 
     record: JobRecord
-    run: "FlowRun | None"
+    run: FlowRun | None
     progress: ReportedProgress
     view: JobView
     fetched: float  # monotonic time of the last successful refresh (run state)
@@ -98,7 +98,7 @@ class _Watched:
         return FINAL_RECHECK_SECONDS + MAX_STALE_SECONDS if self.final else MAX_STALE_SECONDS
 
 
-def _state_id(run: "FlowRun | None") -> object:
+def _state_id(run: FlowRun | None) -> object:
     return run.state.id if run is not None and run.state is not None else None
 
 
@@ -109,7 +109,7 @@ def _load_records(store: ObjectStore, job_ids: list[str]) -> dict[str, JobRecord
 class JobWatcher:
     """GET /jobs/{id} from memory; see the module docstring for what is refreshed when."""
 
-    def __init__(self, ctx: "ApiContext") -> None:
+    def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self._watched: dict[str, _Watched] = {}
         self._inflight: dict[str, asyncio.Task[_Watched | None]] = {}
@@ -157,7 +157,7 @@ class JobWatcher:
         """Forget the job's view (the caller changed the job); the next poll reads it anew."""
         self._watched.pop(job_id, None)
 
-    def seed(self, record: JobRecord, run: "FlowRun") -> None:
+    def seed(self, record: JobRecord, run: FlowRun) -> None:
         """Watch a job just created (POST /jobs): its first poll needs no lookup."""
         now = time.monotonic()
         progress = ReportedProgress()
@@ -165,7 +165,7 @@ class JobWatcher:
 
     # ---- loading one job (a miss) ------------------------------------------------------------
 
-    def _loaded(self, job_id: str, task: "asyncio.Task[_Watched | None]") -> None:
+    def _loaded(self, job_id: str, task: asyncio.Task[_Watched | None]) -> None:
         if self._inflight.get(job_id) is task:
             del self._inflight[job_id]
         if not task.cancelled() and task.exception() is None:  # exception(): marks it retrieved
@@ -216,7 +216,7 @@ class JobWatcher:
             return
         client = self.ctx.prefect
         by_run = await read_flow_runs_by_id(client, {e.run.id: e.run for e in due.values() if e.run is not None})
-        runs: dict[str, "FlowRun | None"] = {}
+        runs: dict[str, FlowRun | None] = {}
         for job_id, entry in due.items():
             if entry.run is not None and entry.run.id in by_run:
                 runs[job_id] = by_run[entry.run.id]

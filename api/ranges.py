@@ -9,8 +9,8 @@ cannot be satisfied, or that is malformed, gets 416 in the error envelope (VALID
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from api.errors import api_error
 from jobs.errors import ServiceError

@@ -78,7 +78,6 @@ def check_png(path: Path, max_pixels: int, label: str) -> tuple[int, int]:
 
     The pixel cap is checked from the header before any decoding, so a decompression bomb
     (a few KB that would inflate to gigabytes) is rejected without inflating it."""
-    from PIL import Image, UnidentifiedImageError
 
     def bad(reason: str, **extra: Any) -> ServiceError:
         return ServiceError("INVALID_FILE_FORMAT", f"{label} is not a valid PNG image: {reason}", {"file": label, **extra})

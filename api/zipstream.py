@@ -12,12 +12,12 @@ the caller gives, fixed permissions): that is what lets a client resume a downlo
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 
 COMPRESS_LEVEL = 6
-ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=timezone.utc)  # the earliest time a ZIP entry can carry
+ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)  # the earliest time a ZIP entry can carry
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class _Sink:
 
 
 def _entry(name: str, modified: datetime) -> zipfile.ZipInfo:
-    when = max(modified.astimezone(timezone.utc), ZIP_EPOCH)
+    when = max(modified.astimezone(UTC), ZIP_EPOCH)
     info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
     info.compress_type = zipfile.ZIP_DEFLATED
     info._compresslevel = COMPRESS_LEVEL  # type: ignore[attr-defined]  # what ZipFile.open(name) sets

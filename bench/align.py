@@ -4,7 +4,7 @@
                           [--texture-size 2048] [--seed N] [--work DIR] [--device auto]
 
 The upstream generator cannot run here, so each case's true mesh stands in for its output after
-recon.synth_generated.perturb_like_generator (random similarity, signed axis permutation with
+recon.synth.generated.perturb_like_generator (random similarity, signed axis permutation with
 mirrors, 0.2% noise, half the faces, no colours). Per case, in one process: decode + calibrate
 once (cases and their plan come from bench/quality.py, cached under --work), the fusion engine as
 the reference, then finish_generated_mesh (alignment, conforming to the views, re-texturing).
@@ -13,7 +13,7 @@ Printed per case as one JSON line, then a summary with each target met or missed
 - Chamfer / F-score@1% of the aligned mesh against the truth (bench/quality.geometry_scores: in
   the rig's frame, % of the true bbox diagonal);
   `generator_chamfer_pct` is the stand-in's own error (noise + decimation) put back exactly;
-- input-view PSNR/SSIM (recon.metrics.quality_report, object pixels) of both engines and the gap;
+- input-view PSNR/SSIM (recon.quality.metrics.quality_report, object pixels) of both engines and the gap;
 - alignment residuals and conforming displacements as quality.json reports them, whether the
   applied mirror was undone (symmetric shapes such as the fish and the cup fit either way), and
   the alignment's wall and CPU time (CPU time is what this shared machine cannot inflate), plus
@@ -54,12 +54,12 @@ def run_case(entry: dict, folder: Path, device: str, texture_size: int, seed: in
     import trimesh
 
     from recon import pipeline
-    from recon.align import align_to_rig
+    from recon.engines.align import align_to_rig
     from recon.engines.reconviagen import finish_generated_mesh
-    from recon.evaluate import chamfer_fscore
-    from recon.metrics import quality_report
+    from recon.quality.evaluate import chamfer_fscore
+    from recon.quality.metrics import quality_report
     from recon.render import get_backend
-    from recon.synth_generated import perturb_like_generator
+    from recon.synth.generated import perturb_like_generator
 
     truth = json.loads((folder / "truth.json").read_text())
     inputs = pipeline.load_inputs(_ordered(folder, truth, "view"), _ordered(folder, truth, "depth"))

@@ -8,7 +8,7 @@
 per case, plus kind/open and the gate's verdicts; its summary checks that issue's targets).
 
 Per case: a field of view drawn from 30-60 degrees (seeded, never told to the pipeline), a rig
-variant and upload-order naming for some cases, the case rendered by recon.synth (cached under
+variant and upload-order naming for some cases, the case rendered by recon.synth.cases (cached under
 --work), then recon.pipeline.reconstruct in a child process (wall time and the child's own peak
 RSS, plus the child's CPU seconds and the pipeline's own stage timings: on a shared machine
 wall time depends on the load, CPU time much less). Printed per case as one JSON line, then a summary JSON with each target met or missed:
@@ -16,11 +16,11 @@ wall time depends on the load, CPU time much less). Printed per case as one JSON
 - input-view PSNR/SSIM: from the reconstruction's own quality.json (object pixels);
 - novel-view PSNR/SSIM: the reconstruction rendered at the case's novel cameras, moved into the
   reconstruction's frame (positions scaled by camera_distance(fov_est) / true_distance, the
-  calibrated fov), compared on object pixels (truth mask or rendered mask) with recon.metrics.
+  calibrated fov), compared on object pixels (truth mask or rendered mask) with recon.quality.metrics.
   The rig's world axes are fixed by the slot convention, so a correctly recovered variant needs no
   further transform; a wrong one shows up as low scores;
 - Chamfer / F-score@1%: the true mesh moved into the rig's frame against the reconstruction
-  (recon.evaluate), in % of the true bounding-box diagonal. The rig's frame spans [-1, 1] at the
+  (recon.quality.evaluate), in % of the true bounding-box diagonal. The rig's frame spans [-1, 1] at the
   origin whatever the fov, so the views fix the reconstruction's size there: the truth in that
   frame is the true mesh scaled by camera_distance(fov_true) / true_distance. (Until session 4
   the mesh was scaled back with fov_est instead: that turned a fov error into a uniform scale
@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recon.rig import ALL_VARIANTS, Camera, RigVariant, camera_distance  # noqa: E402
+from recon.calibration.rig import ALL_VARIANTS, Camera, RigVariant, camera_distance  # noqa: E402
 
 TARGETS = {
     "input_psnr_min": 30.0,
@@ -81,11 +81,11 @@ def case_plan(names: list[str], seed: int) -> list[dict]:
 
 def ensure_case(entry: dict, work: Path, view_res: int, depth_res: int, novel_res: int) -> Path:
     """Render the case unless an identical one is cached; returns its folder. Real-suite entries
-    (bench/real_suite.py) name their mesh (`mesh`, open ones from recon.synth_open) and `kind`
-    ("photo" renders studio photographs with recon.synth_photo)."""
-    from recon.synth import load_test_mesh, render_case
-    from recon.synth_open import OPEN_CASES, load_open_mesh
-    from recon.synth_photo import render_photo_case
+    (bench/real_suite.py) name their mesh (`mesh`, open ones from recon.synth.open_surfaces) and `kind`
+    ("photo" renders studio photographs with recon.synth.photo)."""
+    from recon.synth.cases import load_test_mesh, render_case
+    from recon.synth.open_surfaces import OPEN_CASES, load_open_mesh
+    from recon.synth.photo import render_photo_case
 
     folder = work / (f"{entry['case']}-fov{entry['fov']:.2f}-{entry['variant'].name}-"
                      f"{entry['naming']}-{view_res}-{depth_res}-{novel_res}-s{entry['seed']}")
@@ -157,7 +157,7 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
     import trimesh
     from PIL import Image
 
-    from recon.metrics import block_mean, compare_view
+    from recon.quality.metrics import block_mean, compare_view
     from recon.render.views import render_mesh
 
     truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
@@ -191,7 +191,7 @@ def geometry_scores(mesh, truth: dict, folder: Path, fov_true: float, fov_est: f
     fov_est scaling for comparison with earlier figures."""
     import trimesh
 
-    from recon.evaluate import chamfer_fscore
+    from recon.quality.evaluate import chamfer_fscore
 
     truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
     ours = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
@@ -204,7 +204,7 @@ def geometry_scores(mesh, truth: dict, folder: Path, fov_true: float, fov_est: f
 
 
 def evaluate_case(entry: dict, folder: Path, out: Path, run: dict) -> dict:
-    from recon.metrics import quality_status
+    from recon.quality.metrics import quality_status
     from recon.render import get_backend
 
     truth = json.loads((folder / "truth.json").read_text())

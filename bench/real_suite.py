@@ -1,8 +1,8 @@
 """The real-inputs suite of bench/quality.py (`--suite real`): cases unlike the synthetic suite.
 
-Open and thin meshes (recon.synth_open: each test mesh cut open so one rig view looks inside, a
+Open and thin meshes (recon.synth.open_surfaces: each test mesh cut open so one rig view looks inside, a
 zero-thickness bowl, a single-sided sheet) rendered like the synthetic cases, and studio
-photographs (recon.synth_photo: per-view exposure, white balance, shading, background, blur,
+photographs (recon.synth.photo: per-view exposure, white balance, shading, background, blur,
 noise, re-framed cameras, smoothed depth) of closed and open meshes. Seeded and cached like the
 synthetic cases; the per-case JSON is bench/quality.py's with `kind`, `open` and the gate's
 verdicts added, and the summary checks the issue "Reconstruction that holds on real inputs".
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.rig import ALL_VARIANTS, RigVariant
+from recon.calibration.rig import ALL_VARIANTS, RigVariant
 
-# (case name, mesh name, kind): kind "open" renders with recon.synth, "photo" with recon.synth_photo
+# (case name, mesh name, kind): kind "open" renders with recon.synth.cases, "photo" with recon.synth.photo
 REAL_CASES: tuple[tuple[str, str, str], ...] = (
     ("spot-open", "spot-open", "open"),
     ("fish-open", "fish-open", "open"),

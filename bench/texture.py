@@ -3,7 +3,7 @@
 
     python bench/texture.py [--mesh spot] [--faces 100000] [--view-res 2048] [--texture 2048]
 
-The mesh is a recon.synth test mesh subdivided to the face count; the views are its masks at the
+The mesh is a recon.synth.cases test mesh subdivided to the face count; the views are its masks at the
 rig's cameras with noise colours (content does not change the cost). Prints one JSON object with
 wall and CPU seconds per stage (on a shared machine CPU time depends much less on the load) and
 the peak RSS. Never part of the test run.
@@ -22,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recon.calibration.rig import RigVariant, rig_cameras  # noqa: E402
 from recon.hooks import Hooks  # noqa: E402
 from recon.render import get_backend  # noqa: E402
 from recon.render.views import render_mesh  # noqa: E402
-from recon.rig import RigVariant, rig_cameras  # noqa: E402
-from recon.synth import load_test_mesh  # noqa: E402
-from recon.texture import bake_texture  # noqa: E402
+from recon.synth.cases import load_test_mesh  # noqa: E402
+from recon.texture.bake import bake_texture  # noqa: E402
 from recon.types import Calibration, Inputs  # noqa: E402
 
 

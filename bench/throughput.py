@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="per phase")
     args = parser.parse_args()
 
-    from recon.synth import load_test_mesh, render_case
+    from recon.synth.cases import load_test_mesh, render_case
 
     root = Path(tempfile.mkdtemp(prefix="recon-throughput-"))
     root.chmod(0o755)  # PostgreSQL runs as nobody

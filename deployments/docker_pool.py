@@ -61,7 +61,7 @@ def job_env(environ: Mapping[str, str]) -> dict[str, str]:
            if (k.startswith("RECON_") and k not in API_ONLY_VARIABLES) or k in FLOW_RUN_PREFECT_VARIABLES}
     for variable, block in SECRET_VARIABLES.items():
         if variable in env:
-            env[variable] = "{{ prefect.blocks.secret.%s }}" % block
+            env[variable] = "{{ prefect.blocks.secret." + block + " }}"
     return {**env, **FIXED_JOB_ENV}
 
 

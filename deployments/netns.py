@@ -87,9 +87,9 @@ class Host:
     address: str
     netns: str | None = None
     link: str | None = None  # the root-namespace end of its veth pair
-    procs: list["ManagedProcess"] = field(default_factory=list)  # what the fixture started on it
+    procs: list[ManagedProcess] = field(default_factory=list)  # what the fixture started on it
 
-    def track(self, proc: "ManagedProcess") -> "ManagedProcess":
+    def track(self, proc: ManagedProcess) -> ManagedProcess:
         self.procs.append(proc)
         return proc
 
@@ -107,7 +107,7 @@ class Network:
         return f"rcb{self.tag}"
 
     @classmethod
-    def create(cls, names: list[str]) -> "Network":
+    def create(cls, names: list[str]) -> Network:
         """A bridge and one namespace per name; falls back to loopback where that is impossible."""
         tag = f"{os.getpid():x}"
         reason = ""
@@ -134,7 +134,7 @@ class Network:
         return net
 
     @classmethod
-    def _loopback(cls, tag: str, names: list[str], reason: str) -> "Network":
+    def _loopback(cls, tag: str, names: list[str], reason: str) -> Network:
         net = cls(tag, 0, False, reason=reason)
         net.hosts = {name: Host(name, "127.0.0.1") for name in names}
         return net

@@ -11,7 +11,8 @@ does not wait: waiting would hold a maintenance slot for hours.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prefect import flow, get_run_logger
 

@@ -88,7 +88,7 @@ class ServiceError(Exception):
         return {"error": self.to_error_object()}
 
     @classmethod
-    def from_error_object(cls, obj: dict[str, Any]) -> "ServiceError":
+    def from_error_object(cls, obj: dict[str, Any]) -> ServiceError:
         return cls(obj.get("code", "UNKNOWN_ERROR"), obj.get("message"), obj.get("details"), obj.get("suggestion"))
 
 

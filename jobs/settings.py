@@ -84,19 +84,19 @@ class Settings(BaseSettings):
     def work_root(self) -> Path:
         return self.work_dir or self.data_dir / "work"
 
-    def engine_configs(self) -> dict[str, "EngineConfig"]:
+    def engine_configs(self) -> dict[str, EngineConfig]:
         """Every engine's typed config (version included) from these settings."""
         from recon.engines import ENGINE_CONFIGS
 
         return {name: cls.model_validate(getattr(self, name)) for name, cls in ENGINE_CONFIGS.items()}
 
-    def engine_config(self, name: str) -> "EngineConfig":
+    def engine_config(self, name: str) -> EngineConfig:
         """Engine `name`'s typed config; MODEL_FAILED (recon's ModelFailed) for an unknown name."""
         from recon.engines import engine_config
 
         return engine_config(name, self.engine_configs())
 
-    def export_config(self) -> "ExportConfig":
+    def export_config(self) -> ExportConfig:
         from recon.pipeline import ExportConfig
 
         return ExportConfig.model_validate(self.export)

@@ -7,8 +7,8 @@ progress bar; tests provide counters. Stages call `hooks.progress(...)` at miles
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from recon.errors import Cancelled
 
@@ -34,7 +34,7 @@ class Hooks:
         if self.should_cancel():
             raise Cancelled("job cancelled")
 
-    def sub(self, start: float, end: float) -> "Hooks":
+    def sub(self, start: float, end: float) -> Hooks:
         """Hooks for a sub-stage whose own 0..1 maps onto [start, end] of this one."""
         parent = self.progress
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
     """Per-pixel SSIM of images [B, H, W, C] in [0, 1], mean over channels -> [B, H, W].
 
-    Uniform window (like skimage's default, which recon.metrics reports) computed with two 1D
+    Uniform window (like skimage's default, which recon.quality.metrics reports) computed with two 1D
     avg_pool2d passes over the five moment images: much cheaper on CPU than Gaussian convolutions.
     """
     c = x.shape[-1]

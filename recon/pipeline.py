@@ -9,20 +9,21 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from recon.calibrate import calibrate as _calibrate
-from recon.decode import decode_inputs
+from recon.calibration.calibrate import calibrate as _calibrate
+from recon.calibration.rig import SLOTS
 from recon.device import resolve_device
 from recon.engines.base import Engine, EngineConfig
 from recon.errors import ModelFailed, ValidationFailed
 from recon.hooks import Hooks
+from recon.inputs.decode import decode_inputs
 from recon.mesh import TexturedMesh
 from recon.options import DEFAULT_FORMATS, ReconOptions
-from recon.rig import SLOTS
 from recon.types import Calibration, Inputs
 
 
@@ -37,9 +38,9 @@ class ExportConfig(BaseModel):
 
 def output_files(formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[str, ...]:
     """Every file a model's output folder holds when its mesh files are `formats`."""
-    from recon.export import mesh_files
-    from recon.metrics import comparison_files
-    from recon.preview import PREVIEW_FILES, TURNTABLE_FILE
+    from recon.export.meshfiles import mesh_files
+    from recon.export.preview import PREVIEW_FILES, TURNTABLE_FILE
+    from recon.quality.metrics import comparison_files
 
     comparisons = tuple(name for slot in SLOTS for name in comparison_files(slot))
     return (*mesh_files(formats), *PREVIEW_FILES, TURNTABLE_FILE, "quality.json", "cameras.json",
@@ -97,8 +98,8 @@ def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | 
                    config: ExportConfig = ExportConfig()) -> list[Path]:
     """The mesh files of `formats` (default GLB, OBJ+MTL+PNG, PLY), the four previews, the
     turntable and cameras.json into `out_dir`."""
-    from recon.export import export_mesh
-    from recon.preview import write_previews, write_turntable
+    from recon.export.meshfiles import export_mesh
+    from recon.export.preview import write_previews, write_turntable
     from recon.render import get_backend
 
     out = Path(out_dir)
@@ -129,7 +130,7 @@ def measure_quality(mesh: TexturedMesh, inputs: Inputs, calibration: Calibration
                     hooks: Hooks = Hooks(), options: ReconOptions = ReconOptions()) -> dict[str, Any]:
     """Re-render the mesh at the input views, write quality.json (with the options the result
     was made with) and each view's input/render pair (view_{slot}_*.png); returns the report."""
-    from recon.metrics import quality_report
+    from recon.quality.metrics import quality_report
     from recon.render import get_backend
 
     hooks.check()

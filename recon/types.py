@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.rig import SLOTS, Camera, RigVariant
+from recon.calibration.rig import SLOTS, Camera, RigVariant
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Inputs:
     depth_masks: (h, w) bool. Depth resolution may differ from the image resolution.
     known_cameras: cameras from an uploaded transforms.json (skip the rig search), else None.
     alphas: per view, the (H, W) float32 alpha in [0, 1] of an RGBA upload that cuts the object
-    out (recon.decode.alpha_is_mask), else None: the mask is alpha >= 0.5 and an outline pixel's
+    out (recon.inputs.decode.alpha_is_mask), else None: the mask is alpha >= 0.5 and an outline pixel's
     coverage is its alpha. Empty when unknown (inputs built in code).
     """
 

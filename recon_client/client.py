@@ -18,9 +18,10 @@ import json
 import os
 import time
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import httpx
 from httpx_sse import SSEError, connect_sse
@@ -50,7 +51,7 @@ class ApiError(Exception):
         return str(self.error.get("message") or "")
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> "ApiError":
+    def from_response(cls, response: httpx.Response) -> ApiError:
         try:
             body = response.json()
         except ValueError:
@@ -92,7 +93,7 @@ class ReconClient:
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
-    def __enter__(self) -> "ReconClient":
+    def __enter__(self) -> ReconClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,9 @@ failure fail at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from jobs.errors import ServiceError, from_exception
 from jobs.storage import StorageUnavailable

@@ -1,5 +1,5 @@
 """Stage 5 (per model): re-render the mesh at the input views and write quality.json
-(recon.pipeline.measure_quality). A `failure` status (the quality gate, recon.gate) fails the
+(recon.pipeline.measure_quality). A `failure` status (the quality gate, recon.quality.gate) fails the
 job with QUALITY_THRESHOLD_FAILED
 (never retried: the same inputs give the same mesh); `warning` passes and is reported."""
 
@@ -16,8 +16,8 @@ from tasks.failures import failing_as
 
 
 def quality_summary(quality: dict[str, Any]) -> dict[str, Any]:
-    """status, mean PSNR, SSIM and mask IoU of a quality.json document (recon.metrics), and the
-    gate's PSNR/SSIM and view (recon.gate: the numbers the status was decided on)."""
+    """status, mean PSNR, SSIM and mask IoU of a quality.json document (recon.quality.metrics), and the
+    gate's PSNR/SSIM and view (recon.quality.gate: the numbers the status was decided on)."""
     summary = {key: quality.get(key) for key in ("status", "psnr", "ssim", "mask_iou")}
     gate = quality.get("gate") or {}
     summary.update(gate_psnr=gate.get("psnr"), gate_ssim=gate.get("ssim"), gate_view=gate.get("view"))

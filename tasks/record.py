@@ -4,7 +4,8 @@ of failing a job that has nothing wrong with it. The writes themselves are jobs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from jobs.lifecycle import JobRecord, load_record
 from jobs.storage import ObjectStore

@@ -10,8 +10,8 @@ cancelled run therefore leaves the previous results (reprocess) or nothing (firs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from jobs.errors import ServiceError
 from jobs.lifecycle.keys import output_key, output_prefix, staged_file, staging_prefix
@@ -19,6 +19,7 @@ from jobs.storage import ObjectStore
 from recon.options import DEFAULT_FORMATS
 from tasks.context import JobRun, stage_task
 from tasks.failures import failing_as
+
 
 def missing_outputs(folder: Path, formats: Sequence[str] = DEFAULT_FORMATS) -> list[str]:
     """The files a model with these mesh formats must have (recon.pipeline.output_files) that

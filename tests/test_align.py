@@ -12,16 +12,16 @@ import pytest
 import trimesh
 
 from recon import pipeline
-from recon.align import align_to_rig, apply_alignment
+from recon.calibration.rig import camera_distance
 from recon.engines import available_engines, build_engine
+from recon.engines.align import align_to_rig, apply_alignment
 from recon.engines.reconviagen import finish_generated_mesh
 from recon.errors import ModelFailed
-from recon.evaluate import chamfer_fscore
-from recon.metrics import quality_report
+from recon.quality.evaluate import chamfer_fscore
+from recon.quality.metrics import quality_report
 from recon.render import get_backend
-from recon.rig import camera_distance
-from recon.synth import load_test_mesh, render_case
-from recon.synth_generated import perturb_like_generator
+from recon.synth.cases import load_test_mesh, render_case
+from recon.synth.generated import perturb_like_generator
 
 CHAMFER_MAX_PCT = 1.0
 PSNR_GAP_MAX_DB = 1.5

@@ -15,8 +15,9 @@ import json
 import time
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest

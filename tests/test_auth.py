@@ -4,7 +4,7 @@ server and a real store; valid submissions go to a deployment no worker polls, s
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recon.decode import _resize_mask, decode_inputs
+from recon.calibration.rig import Camera
+from recon.inputs.decode import _resize_mask, decode_inputs
 from recon.render import get_backend
 from recon.render.views import render_mesh
-from recon.rig import Camera
-from recon.synth import load_test_mesh
-from recon.synth_photo import render_photo_case
+from recon.synth.cases import load_test_mesh
+from recon.synth.photo import render_photo_case
 
 
 @pytest.fixture(scope="module")

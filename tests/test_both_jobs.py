@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 import trimesh
 
@@ -25,7 +24,6 @@ from jobs.lifecycle.record import load_record
 from recon.engines import available_engines
 from tests.fixtures.api import ApiServer
 from tests.test_e2e import render_small_case, submit, wait_for
-
 
 RECORD_TASKS = {"load_record", "update_record"}  # tasks/record.py
 
@@ -96,7 +94,7 @@ def test_generated_mesh_file_goes_through_the_flow_tasks_with_alignment_in_quali
     from recon.engines.reconviagen import finish_generated_mesh, load_generated_mesh
     from recon.pipeline import OUTPUT_FILES
     from recon.render import get_backend
-    from recon.synth_generated import perturb_like_generator
+    from recon.synth.generated import perturb_like_generator
     from tasks.cancellation import CancelWatch
     from tasks.context import JobRun
     from tasks.export import export

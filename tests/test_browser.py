@@ -16,8 +16,8 @@ skips only when /usr/bin/chromium is still absent.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest

@@ -1,5 +1,5 @@
 """Calibration recovers the rig variant, the field of view and the depth encodings of real
-rendered cases (recon.synth), and takes uploaded cameras as given."""
+rendered cases (recon.synth.cases), and takes uploaded cameras as given."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recon.calibrate import calibrate, fit_interval
-from recon.decode import decode_inputs
+from recon.calibration.calibrate import calibrate, fit_interval
+from recon.calibration.rig import SLOTS, RigVariant, camera_distance
 from recon.errors import Cancelled
 from recon.hooks import Hooks
-from recon.rig import SLOTS, RigVariant, camera_distance
-from recon.synth import load_test_mesh, render_case
+from recon.inputs.decode import decode_inputs
+from recon.synth.cases import load_test_mesh, render_case
 
 FOV = 47.0
 VARIANT = RigVariant(swap_lr=True, flip_top=True)
@@ -112,7 +112,7 @@ def test_blurred_depth_edges_are_not_trusted() -> None:
     left out of the fits and the metric depths; a rendered depth's pixels are all kept."""
     from scipy import ndimage
 
-    from recon.calibrate import trusted_depth
+    from recon.calibration.calibrate import trusted_depth
 
     yy, xx = np.mgrid[0:64, 0:64]
     silhouette = (yy - 32) ** 2 + (xx - 30) ** 2 < 20**2

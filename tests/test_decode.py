@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recon.decode import assign_slots, decode_inputs, slot_in_name
+from recon.calibration.rig import SLOTS
 from recon.errors import InvalidFileCount, InvalidFileFormat, ValidationFailed
-from recon.rig import SLOTS
+from recon.inputs.decode import assign_slots, decode_inputs, slot_in_name
 
 RES, DRES = 64, 32
 

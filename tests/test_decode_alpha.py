@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from recon.calibrate import _subpixel_contour
-from recon.decode import decode_inputs
-from recon.metrics import composite_over_white
-from recon.rig import SLOTS
+from recon.calibration.calibrate import _subpixel_contour
+from recon.calibration.rig import SLOTS
+from recon.inputs.decode import decode_inputs
+from recon.quality.metrics import composite_over_white
 
 RES, DRES = 128, 64
 RADIUS = 0.2

@@ -12,9 +12,10 @@ import os
 import signal
 import time
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -33,7 +34,7 @@ JOB_TIMEOUT = 420.0  # a flow run starts a fresh Python with torch: slow on 2 sh
 
 
 def render_small_case(out: Path, res: int, seed: int = 0) -> Path:
-    from recon.synth import load_test_mesh, render_case
+    from recon.synth.cases import load_test_mesh, render_case
 
     render_case(load_test_mesh("spot"), out, fov_deg=40.0, view_res=res, depth_res=res, novel_views=0, seed=seed,
                 supersample=1)

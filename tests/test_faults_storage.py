@@ -22,8 +22,9 @@ import subprocess
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -72,7 +73,7 @@ class Outage:
         self.started = time.monotonic()
         self._timer.start()
 
-    def __enter__(self) -> "Outage":
+    def __enter__(self) -> Outage:
         if self.now:
             self.start()
         return self

@@ -11,14 +11,14 @@ import pytest
 from prefect import flow
 
 from jobs.errors import ServiceError
+from jobs.lifecycle.changes import delete_job_files
+from jobs.lifecycle.keys import staging_prefix
 from jobs.lifecycle.progress import read_job_progress
 from recon.errors import GpuUnavailable, ValidationFailed, VramOOM
 from recon.pipeline import OUTPUT_FILES
 from tasks.context import stage_task
 from tasks.failures import failing_as, is_transient
 from tasks.progress import ProgressReporter
-from jobs.lifecycle.changes import delete_job_files
-from jobs.lifecycle.keys import staging_prefix
 from tasks.results import publish, stage_model
 
 

@@ -1,6 +1,6 @@
-"""The quality gate judges like a person (recon.gate): real case files (PNG views and depths
-written by recon.synth / recon.synth_photo / recon.synth_open, decoded as uploads), meshes built
-from the case's truth and textured from its own views (recon.gate_cases).
+"""The quality gate judges like a person (recon.quality.gate): real case files (PNG views and depths
+written by recon.synth.cases / recon.synth.photo / recon.synth.open_surfaces, decoded as uploads), meshes built
+from the case's truth and textured from its own views (recon.synth.wrong_meshes).
 
 Right: the true shape, from clean renders and from studio photographs (exposure, white balance,
 shading, re-framed cameras, smoothed depth), passes. Wrong: a blob, the shape rotated, mirrored
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from recon import gate_cases
-from recon.metrics import quality_report
+from recon.quality.metrics import quality_report
 from recon.render import get_backend
-from recon.synth import load_test_mesh, render_case
-from recon.synth_open import load_open_mesh
-from recon.synth_photo import render_photo_case
+from recon.synth import wrong_meshes as gate_cases
+from recon.synth.cases import load_test_mesh, render_case
+from recon.synth.open_surfaces import load_open_mesh
+from recon.synth.photo import render_photo_case
 
 VIEW, DEPTH = 256, 128
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon.decode import decode_inputs
+from recon.calibration.rig import RigVariant, camera_distance, rig_cameras
 from recon.errors import Cancelled
-from recon.evaluate import chamfer_fscore
-from recon.geometry import contour_vertices, fuse_geometry, snap_contours, smooth_keeping_contours
+from recon.geometry.carve import contour_vertices, fuse_geometry, smooth_keeping_contours, snap_contours
 from recon.hooks import Hooks
-from recon.rig import RigVariant, camera_distance, rig_cameras
-from recon.synth import load_test_mesh, render_case
+from recon.inputs.decode import decode_inputs
+from recon.quality.evaluate import chamfer_fscore
+from recon.synth.cases import load_test_mesh, render_case
 from recon.types import Calibration, Inputs
 
 
@@ -93,7 +93,7 @@ def test_contours_snap_to_the_masks_and_smoothing_keeps_them() -> None:
 def test_walls_of_no_thickness_survive_fusion(name: str, tmp_path: Path) -> None:
     """A zero-thickness bowl (the top view looks inside) and a one-layer sheet seen from both
     sides: pure carving left fragments of them (Chamfer 9-16 %); the kept slabs hold the wall."""
-    from recon.synth_open import load_open_mesh
+    from recon.synth.open_surfaces import load_open_mesh
 
     mesh = load_open_mesh(name)
     truth = render_case(mesh, tmp_path, fov_deg=40.0, view_res=256, depth_res=128, novel_views=0, seed=1)

@@ -3,7 +3,7 @@
 The service records each result's engine version, and the nightly reprocess flow reruns results
 of older versions (flows/reprocess.py); an output change without a version bump would never be
 reprocessed. So every engine that can run on a CPU host is run on one fixed small synthetic case
-(recon.synth's spot at 128 px, seed 0: seconds, not minutes) and a digest of its output is pinned
+(recon.synth.cases's spot at 128 px, seed 0: seconds, not minutes) and a digest of its output is pinned
 per version in tests/golden/<engine>.json. A digest that differs from the one pinned for the
 current version fails: bump the engine's `version` in its config and pin the new digest with
 
@@ -26,7 +26,7 @@ would make its output depend on the machine's load); every other setting (weight
 rates, stages) is the engine's own, so changing those defaults changes the digest. reconviagen's
 network cannot run here: its digest covers what it does to a generated mesh on every host
 (alignment, conforming and re-texturing, recon.engines.reconviagen.finish_generated_mesh) on a
-perturbed copy of the true mesh from recon.synth_generated.
+perturbed copy of the true mesh from recon.synth.generated.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def golden_config(name: str) -> EngineConfig:
 
 def make_case(root: Path) -> tuple[Inputs, Calibration, dict[str, Any]]:
     """The fixed case, decoded and calibrated as the service does."""
-    from recon.synth import load_test_mesh, render_case
+    from recon.synth.cases import load_test_mesh, render_case
 
     truth = render_case(load_test_mesh("spot"), root, fov_deg=40.0, view_res=VIEW_RES, depth_res=VIEW_RES,
                         novel_views=0, seed=0, supersample=1)
@@ -82,7 +82,7 @@ def engine_output(name: str, inputs: Inputs, calibration: Calibration, truth_mes
 
         from recon.engines.reconviagen import finish_generated_mesh
         from recon.render import get_backend
-        from recon.synth_generated import perturb_like_generator
+        from recon.synth.generated import perturb_like_generator
 
         assert isinstance(config, ReconViaGenConfig)
         vertices, faces, _ = perturb_like_generator(trimesh.load(truth_mesh, process=False), seed=5)
@@ -93,7 +93,7 @@ def engine_output(name: str, inputs: Inputs, calibration: Calibration, truth_mes
 
 def digest(mesh: TexturedMesh, inputs: Inputs, calibration: Calibration) -> dict[str, Any]:
     """The quantised facts of one output (see the module docstring for the choice)."""
-    from recon.metrics import quality_report
+    from recon.quality.metrics import quality_report
     from recon.render import get_backend
 
     vertices = np.asarray(mesh.vertices, dtype=np.float64)

@@ -12,8 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -177,8 +178,8 @@ def test_dockerfiles_are_multi_stage_non_root_and_pinned() -> None:
     assert 'TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0+PTX"' in gpu and "build_nvdiffrast.py" in gpu
     assert "COPY --from=builder /opt/torch-extensions" in gpu
     # constraints.txt pins everything except torch (which comes from the CPU or CUDA index).
-    pins = [l for l in (PROJECT_ROOT / "constraints.txt").read_text().splitlines() if l and not l.startswith("#")]
-    assert all("==" in l for l in pins) and not any(l.lower().startswith("torch==") for l in pins)
+    pins = [line for line in (PROJECT_ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert all("==" in pin for pin in pins) and not any(pin.lower().startswith("torch==") for pin in pins)
 
 
 # ---- the Docker work pool on a real Prefect server ---------------------------------------------

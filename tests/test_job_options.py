@@ -9,8 +9,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from jobs.options import DEFAULT_FORMATS, FORMATS
 from jobs.lifecycle.record import load_record
+from jobs.options import DEFAULT_FORMATS, FORMATS
 from recon import options as recon_options
 from tests.fixtures.api import ApiServer, job_files
 from tests.test_api_jobs import STATUS_KEYS

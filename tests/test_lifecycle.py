@@ -5,10 +5,9 @@ trees), and the transitions it offers do what the API and the flows rely on, on 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import pytest
 from prefect.client.schemas.objects import StateType
 
 from jobs.errors import ServiceError

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from recon.calibration.rig import RigVariant, rig_cameras
 from recon.mesh import TexturedMesh
-from recon.metrics import composite_over_white, quality_report
+from recon.quality.metrics import composite_over_white, quality_report
 from recon.render import get_backend
 from recon.render.views import render_mesh
-from recon.rig import RigVariant, rig_cameras
-from recon.synth import load_test_mesh
+from recon.synth.cases import load_test_mesh
 from recon.types import Calibration, Inputs
 
 

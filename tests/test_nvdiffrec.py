@@ -2,7 +2,7 @@
 vertices and texture, report divergence with its error code and honour cancellation promptly.
 
 The case is real rendering, small: a procedural mesh with an xatlas atlas and a solid texture
-(recon.synth) rendered into the six rig cameras; the starting mesh is the same surface displaced
+(recon.synth.cases) rendered into the six rig cameras; the starting mesh is the same surface displaced
 smoothly along its normals with a blurred texture, standing in for a fusion result.
 """
 
@@ -16,6 +16,7 @@ import xatlas
 from scipy.ndimage import gaussian_filter
 
 from jobs.settings import Settings
+from recon.calibration.rig import RigVariant, rig_cameras
 from recon.engines import build_engine
 from recon.engines.nvdiffrec import NvdiffrecConfig, NvdiffrecSettings
 from recon.engines.nvdiffrec.engine import refine, starting_mesh
@@ -24,12 +25,11 @@ from recon.engines.nvdiffrec.problem import coverage_targets, prepare, targets_a
 from recon.errors import Cancelled, ConvergenceFailed
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
-from recon.metrics import compare_view
+from recon.quality.metrics import compare_view
 from recon.render import get_backend
 from recon.render.cuda import _mip_level, _missing_module_name
 from recon.render.views import render_mesh
-from recon.rig import RigVariant, rig_cameras
-from recon.synth import SolidTexture
+from recon.synth.cases import SolidTexture
 from recon.types import Calibration, Inputs
 
 RES = 48

@@ -17,8 +17,8 @@ import trimesh
 from PIL import Image
 
 from jobs.lifecycle.record import load_record
+from recon.calibration.rig import SLOTS
 from recon.pipeline import output_files
-from recon.rig import SLOTS
 from tests.fixtures.api import ApiServer
 from tests.gltf_validator import assert_valid
 from tests.test_e2e import JOB_TIMEOUT, render_small_case, reprocess_runs, submit, wait_for

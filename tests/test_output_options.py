@@ -14,9 +14,9 @@ import pytest
 import trimesh
 from PIL import Image
 
+from recon.calibration.rig import SLOTS
 from recon.options import ReconOptions
 from recon.pipeline import OUTPUT_FILES, output_files, reconstruct
-from recon.rig import SLOTS
 from tests.gltf_validator import assert_valid
 
 OPTIONS = ReconOptions(target_faces=2000, texture_size=512, formats=("glb", "stl", "gltf"))
@@ -24,7 +24,7 @@ OPTIONS = ReconOptions(target_faces=2000, texture_size=512, formats=("glb", "stl
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recon.synth import load_test_mesh, render_case
+    from recon.synth.cases import load_test_mesh, render_case
 
     out = tmp_path_factory.mktemp("case-options")
     render_case(load_test_mesh("spot"), out, fov_deg=40.0, view_res=160, depth_res=160, novel_views=0,
@@ -96,8 +96,8 @@ def test_turntable_is_an_animated_loop(default_out: Path) -> None:
 def test_turntable_cost_on_one_core(default_out: Path, case: Path, tmp_path: Path) -> None:
     """Printed for the record. CPU seconds, not wall: the turntable renders on one thread, and
     on shared cores the wall time measures the neighbours; the bound is loose all the same."""
+    from recon.export.preview import write_turntable
     from recon.pipeline import calibrate, load_inputs, run_engine
-    from recon.preview import write_turntable
     from recon.render import get_backend
 
     inputs = load_inputs(sorted((case / "views").glob("*.png")), sorted((case / "depths").glob("*.png")))

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import trimesh
 import xatlas
-from scipy.spatial import cKDTree
 from PIL import Image
+from scipy.spatial import cKDTree
 
-from recon.export import MESH_FILES, export_mesh, sample_texture
+from recon.calibration.rig import RigVariant, rig_cameras
+from recon.export.meshfiles import MESH_FILES, export_mesh, sample_texture
+from recon.export.preview import PREVIEW_FILES, write_previews
 from recon.mesh import TexturedMesh
-from recon.metrics import PSNR_CAP, psnr, quality_report, quality_status, ssim
-from recon.preview import PREVIEW_FILES, write_previews
+from recon.quality.metrics import PSNR_CAP, psnr, quality_report, quality_status, ssim
 from recon.render import get_backend
 from recon.render.views import render_mesh
-from recon.rig import RigVariant, rig_cameras
-from recon.synth import SolidTexture, load_test_mesh
+from recon.synth.cases import SolidTexture, load_test_mesh
 from recon.types import Calibration, Inputs
 
 
@@ -142,7 +142,7 @@ def test_metric_helpers_and_bands():
 
 
 def test_chamfer_and_fscore_against_known_offsets():
-    from recon.evaluate import chamfer_fscore
+    from recon.quality.evaluate import chamfer_fscore
 
     truth = load_test_mesh("box")
     same = chamfer_fscore(truth, truth, samples=2000)
@@ -156,7 +156,7 @@ def test_chamfer_and_fscore_against_known_offsets():
 
 
 def test_compare_view_crop_gives_the_full_frame_ssim():
-    from recon.metrics import compare_view, ssim_map
+    from recon.quality.metrics import compare_view, ssim_map
 
     rng = np.random.default_rng(1)
     image, rendered = np.ones((120, 100, 3)), np.ones((120, 100, 3))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.photometric import solve_gains
+from recon.texture.photometric import solve_gains
 
 
 def _views(gains: np.ndarray, n_points: int = 3000, seed: int = 0):

@@ -11,8 +11,8 @@ import pytest
 import trimesh
 
 from recon import pipeline
-from recon.rig import RigVariant
-from recon.synth import load_test_mesh, render_case
+from recon.calibration.rig import RigVariant
+from recon.synth.cases import load_test_mesh, render_case
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -55,7 +55,7 @@ def test_record_round_trip(store):
     record.error = ServiceError("MODEL_VRAM_OOM", details={"model": "reconviagen", "pipeline_stage": "load_weights"}).to_error_object()
     res = record.result("nvdiffrec")
     res.status, res.files, res.engine_version = "completed", ["mesh.glb", "quality.json"], "0.3.1"
-    res.completed_at = datetime(2026, 1, 31, 12, 30, tzinfo=timezone.utc)
+    res.completed_at = datetime(2026, 1, 31, 12, 30, tzinfo=UTC)
     record.expires_at = res.completed_at + timedelta(days=7)
     before = record.updated_at
     save_record(store, record)
@@ -79,7 +79,7 @@ def test_update_record_rereads_before_writing(store):
     record = save_record(store, _record())
     stale = load_record(store, record.job_id)
     update_record(store, record.job_id, lambda r: setattr(r, "flow_run_id", "run-1"))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     updated = update_record(store, record.job_id, lambda r: setattr(r, "cancel_requested_at", now))
     assert updated.flow_run_id == "run-1" and stale.flow_run_id is None
     assert load_record(store, record.job_id).cancel_requested_at == now
@@ -92,7 +92,7 @@ def test_validation_and_time_helpers():
         JobRecord(job_id="NOT-AN-ID", model_type="fusion", models=["fusion"])
     record = JobRecord(job_id="abcd1234", model_type="fusion", models=["fusion"],
                        cancel_requested_at=datetime(2026, 1, 1, 12, 0))  # naive -> UTC
-    assert record.cancel_requested_at.tzinfo is timezone.utc
+    assert record.cancel_requested_at.tzinfo is UTC
     t0 = record.cancel_requested_at
     assert record.cancel_request_valid(3600, now=t0 + timedelta(minutes=59))
     assert not record.cancel_request_valid(3600, now=t0 + timedelta(minutes=61))

@@ -9,10 +9,10 @@ import pytest
 import torch
 import trimesh
 
+from recon.calibration.rig import Camera, look_at_c2w, rig_cameras
 from recon.render import get_backend
 from recon.render.cpu import CpuBackend
 from recon.render.views import clip_positions, render_mesh
-from recon.rig import Camera, look_at_c2w, rig_cameras
 
 
 @pytest.fixture(scope="module")

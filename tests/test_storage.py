@@ -254,9 +254,8 @@ def test_get_store_selects_backend(tmp_path, s3_settings):
 
 
 def test_s3_unreachable_endpoint_raises_storage_unavailable(tmp_path):
-    from tests.fixtures.s3 import free_port
-
     from jobs.storage.s3 import S3Store
+    from tests.fixtures.s3 import free_port
 
     settings = Settings(data_dir=tmp_path, storage="s3", s3_endpoint=f"127.0.0.1:{free_port()}",
                         s3_access_key="a", s3_secret_key="b", s3_region="us-east-1")

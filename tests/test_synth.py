@@ -9,9 +9,9 @@ import pytest
 import trimesh
 from PIL import Image
 
+from recon.calibration.rig import Camera, RigVariant, rig_cameras
 from recon.render import get_backend
-from recon.rig import Camera, RigVariant, rig_cameras
-from recon.synth import CASES, load_test_mesh, main, render_case, render_depth
+from recon.synth.cases import CASES, load_test_mesh, main, render_case, render_depth
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recon.calibration.rig import rig_cameras
 from recon.render import get_backend
 from recon.render.views import render_mesh
-from recon.rig import rig_cameras
-from recon.synth import load_test_mesh, render_case
-from recon.synth_open import INSIDE_VIEW, OPEN_CASES, load_open_mesh
+from recon.synth.cases import load_test_mesh, render_case
+from recon.synth.open_surfaces import INSIDE_VIEW, OPEN_CASES, load_open_mesh
 
 
 @pytest.mark.parametrize("name", OPEN_CASES)

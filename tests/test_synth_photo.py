@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recon.calibration.rig import Camera, rig_cameras
 from recon.render import get_backend
 from recon.render.views import render_mesh
-from recon.rig import Camera, rig_cameras
-from recon.synth import load_test_mesh, render_case
-from recon.synth_photo import render_photo_case
+from recon.synth.cases import load_test_mesh, render_case
+from recon.synth.photo import render_photo_case
 
 
 def _case(out: Path, seed: int = 1) -> dict:

@@ -1,6 +1,6 @@
-"""UV atlas and texture baking (recon/atlas.py, recon/texture.py) on real renders.
+"""UV atlas and texture baking (recon/texture/atlas.py, recon/texture/bake.py) on real renders.
 
-Views come from recon.synth.render_case (a procedurally coloured spot, decoded like uploads) or
+Views come from recon.synth.cases.render_case (a procedurally coloured spot, decoded like uploads) or
 are rendered here from geometry with recon.render.views.render_mesh and coloured by an analytic
 function of the surface point, so the expected texture is known exactly.
 """
@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon.atlas import triangle_samples, unwrap
-from recon.decode import decode_inputs
+from recon.calibration.rig import Camera, RigVariant, rig_cameras
 from recon.errors import Cancelled
 from recon.hooks import Hooks
-from recon.metrics import psnr
+from recon.inputs.decode import decode_inputs
+from recon.quality.metrics import psnr
 from recon.render import get_backend
 from recon.render.views import render_mesh
-from recon.rig import Camera, RigVariant, rig_cameras
-from recon.synth import load_test_mesh, render_case
-from recon.texture import bake_texture, rasterize_atlas
+from recon.synth.cases import load_test_mesh, render_case
+from recon.texture.atlas import triangle_samples, unwrap
+from recon.texture.bake import bake_texture, rasterize_atlas
 from recon.types import Calibration, Inputs
 
 RED = np.array([0.9, 0.1, 0.1], np.float32)

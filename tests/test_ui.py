@@ -14,13 +14,14 @@ from api.routes import ui
 from jobs.options import DEFAULT_FORMATS, FORMATS, MAX_FACES, MIN_FACES, TEXTURE_SIZES
 from tests.fixtures.api import ApiServer
 
+
 def local_assets(html: str) -> list[str]:
     """Every src/href of a page (FastAPI's docs pages and ours)."""
     return [m for m in re.findall(r"""(?:src|href)=["']([^"']+)["']""", html) if not m.startswith(("data:", "#"))]
 
 
 def test_page_slots_are_the_rig_slots() -> None:
-    from recon.rig import SLOTS
+    from recon.calibration.rig import SLOTS
 
     assert ui.SLOTS == SLOTS
 

@@ -14,9 +14,10 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Any, Iterable, Iterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
-from typing import Annotated, Iterator
+from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import Response, StreamingResponse

@@ -23,7 +23,7 @@ async def _check(coro: Any) -> tuple[Any, str | None]:
     """(result, None) or (None, reason) within CHECK_TIMEOUT_S."""
     try:
         return await asyncio.wait_for(coro, CHECK_TIMEOUT_S), None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None, f"no answer within {CHECK_TIMEOUT_S:.0f} s"
     except Exception as exc:  # noqa: BLE001 - any failure means "down", reported with its reason
         return None, f"{type(exc).__name__}: {exc}"

@@ -17,12 +17,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.csp import csp_headers
-from jobs.options import DEFAULT_FORMATS, FORMATS, MAX_FACES, MIN_FACES, TEXTURE_SIZES
 from jobs.lifecycle import DEFAULT_MODEL_TYPE, MODEL_TYPES
+from jobs.options import DEFAULT_FORMATS, FORMATS, MAX_FACES, MIN_FACES, TEXTURE_SIZES
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"  # shell.html + one <main> per page
-# recon.rig.SLOTS (api/ must not import recon; tests/test_ui.py checks they agree).
+# recon.calibration.rig.SLOTS (api/ must not import recon; tests/test_ui.py checks they agree).
 SLOTS = ("front", "back", "left", "right", "top", "bottom")
 # The model preselected on the page: it runs on every host (the spec's default needs a GPU runtime).
 PAGE_MODEL = "fusion"

@@ -10,9 +10,10 @@ idempotent: the flow's record task may retry it after a write that did land.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from prefect.client.schemas.objects import StateType
 

@@ -106,12 +106,12 @@ def _parse_table(data: Any) -> list[ModelRow] | None:
     return None
 
 
-async def read_job_progress(client: "PrefectClient", job_id: str) -> ReportedProgress:
+async def read_job_progress(client: PrefectClient, job_id: str) -> ReportedProgress:
     """Latest progress and models-table artifacts of a job in one request."""
     return (await read_jobs_progress(client, [job_id]))[job_id]
 
 
-async def read_jobs_progress(client: "PrefectClient", job_ids: list[str]) -> dict[str, ReportedProgress]:
+async def read_jobs_progress(client: PrefectClient, job_ids: list[str]) -> dict[str, ReportedProgress]:
     """Both artifacts of many jobs with one request per 100 jobs (the API's status watcher)."""
     result = {job_id: ReportedProgress() for job_id in job_ids}
     owners = {}

@@ -13,8 +13,9 @@ import json
 import re
 import secrets
 import string
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -44,7 +45,7 @@ def engines_for(model_type: str) -> tuple[str, ...]:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_job_id() -> str:
@@ -107,7 +108,7 @@ class JobRecord(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         """All times are UTC; a naive time (from an old record or a test) is taken as UTC."""
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
     def result(self, model: str) -> ModelResult:

@@ -9,8 +9,9 @@ API finds it without a second database.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from prefect.client.schemas.filters import (
@@ -63,7 +64,7 @@ def run_tags(job_id: str, model_type: str) -> list[str]:
     return [job_tag(job_id), model_tag(model_type)]
 
 
-def connect(api_url: str | None = None) -> "PrefectClient":
+def connect(api_url: str | None = None) -> PrefectClient:
     """The API's Prefect client: of `api_url`, else of PREFECT_API_URL, which is required there:
     without it Prefect would start a private in-process server that no worker polls."""
     import os
@@ -107,7 +108,7 @@ def prefect_unavailable(job_id: str | None, exc: BaseException, suggestion: str 
                         "The job service's orchestration server (Prefect) is not answering", details, suggestion)
 
 
-async def prefect_healthcheck(client: "PrefectClient") -> None:
+async def prefect_healthcheck(client: PrefectClient) -> None:
     """Raise what the Prefect server's health check reports (nothing when it is healthy)."""
     failure = await client.api_healthcheck()
     if failure is not None:
@@ -117,7 +118,7 @@ async def prefect_healthcheck(client: "PrefectClient") -> None:
 # ---- creating runs ---------------------------------------------------------------------------
 
 
-async def submit_run(client: "PrefectClient", deployment: str, job_id: str, model_type: str) -> "FlowRun":
+async def submit_run(client: PrefectClient, deployment: str, job_id: str, model_type: str) -> FlowRun:
     """The job's flow run: named after the job, tagged with it, returned at once (timeout=0);
     idempotent per job. A Prefect server that is not answering is ORCHESTRATION_UNAVAILABLE,
     any other refusal UNKNOWN_ERROR."""
@@ -138,7 +139,7 @@ async def submit_run(client: "PrefectClient", deployment: str, job_id: str, mode
                            "Check GET /health and try again; nothing was stored for this job.") from exc
 
 
-def submit_rerun(deployment: str, job_id: str, model_type: str) -> "FlowRun":
+def submit_rerun(deployment: str, job_id: str, model_type: str) -> FlowRun:
     """A reprocess run of a finished job (the reprocess flow): tagged `reprocess` too, so that
     `has_active_rerun` finds it; the job keeps pointing at its original run."""
     from prefect.deployments import run_deployment
@@ -152,7 +153,7 @@ def submit_rerun(deployment: str, job_id: str, model_type: str) -> "FlowRun":
 # ---- reading runs ----------------------------------------------------------------------------
 
 
-async def read_flow_runs_by_id(client: "PrefectClient", known: "Mapping[UUID, FlowRun]") -> dict[UUID, "FlowRun"]:
+async def read_flow_runs_by_id(client: PrefectClient, known: Mapping[UUID, FlowRun]) -> dict[UUID, FlowRun]:
     """The current flow runs of `known` (the API's status watcher), one request per 200 runs; a
     deleted run is simply missing from the answer.
 
@@ -164,7 +165,7 @@ async def read_flow_runs_by_id(client: "PrefectClient", known: "Mapping[UUID, Fl
     from prefect.client.schemas.objects import FlowRun
 
     ids = list(known)
-    found: dict[UUID, "FlowRun"] = {}
+    found: dict[UUID, FlowRun] = {}
     for start in range(0, len(ids), PAGE):
         page = ids[start:start + PAGE]
         flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=page)).model_dump(mode="json", exclude_unset=True)
@@ -179,8 +180,8 @@ async def read_flow_runs_by_id(client: "PrefectClient", known: "Mapping[UUID, Fl
 
 
 async def find_flow_run(
-    client: "PrefectClient", job_id: str, flow_run_id: str | UUID | None = None
-) -> "FlowRun | None":
+    client: PrefectClient, job_id: str, flow_run_id: str | UUID | None = None
+) -> FlowRun | None:
     """The job's flow run: by the id stored in the job record, else the newest run tagged
     `job:{job_id}` (a record written before submission finished has no id yet)."""
     if flow_run_id:
@@ -202,7 +203,7 @@ def _sync_client() -> Any:
     return get_client(sync_client=True)
 
 
-def _read_state(client: Any, flow_run_id: str | UUID) -> "State | None":
+def _read_state(client: Any, flow_run_id: str | UUID) -> State | None:
     try:
         return client.read_flow_run(UUID(str(flow_run_id))).state
     except (ObjectNotFound, ValueError):
@@ -259,9 +260,9 @@ def crash_count(flow_run_id: str | UUID) -> int:
     return crashes
 
 
-async def workers_polling(client: "PrefectClient", work_pool: str, within_s: float = 90.0) -> int:
+async def workers_polling(client: PrefectClient, work_pool: str, within_s: float = 90.0) -> int:
     """How many workers of `work_pool` sent a heartbeat within `within_s` seconds."""
-    since = datetime.now(timezone.utc) - timedelta(seconds=within_s)
+    since = datetime.now(UTC) - timedelta(seconds=within_s)
     workers = await client.read_workers_for_work_pool(
         work_pool,
         worker_filter=WorkerFilter(last_heartbeat_time=WorkerFilterLastHeartbeatTime(after_=since)),
@@ -272,7 +273,7 @@ async def workers_polling(client: "PrefectClient", work_pool: str, within_s: flo
 # ---- changing runs ---------------------------------------------------------------------------
 
 
-async def request_cancellation(client: "PrefectClient", flow_run_id: str | UUID) -> StateType:
+async def request_cancellation(client: PrefectClient, flow_run_id: str | UUID) -> StateType:
     """Propose Cancelling. Prefect's server turns it into Cancelled for a run that has no
     infrastructure yet (scheduled); a running run is stopped by its worker. Returns the state
     type the run ended up in."""
@@ -284,7 +285,7 @@ async def request_cancellation(client: "PrefectClient", flow_run_id: str | UUID)
     return state.type
 
 
-def cancelled_state(message: str) -> "State":
+def cancelled_state(message: str) -> State:
     """What the flow returns when it stopped itself at a cancellation check."""
     from prefect.states import Cancelled
 

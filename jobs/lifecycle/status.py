@@ -43,7 +43,7 @@ _SPEC_STATE_NAMES: dict[JobStatus, str] = {
 }
 
 
-def status_of(state: "State | None") -> JobStatus:
+def status_of(state: State | None) -> JobStatus:
     """DESIGN.md §4: SCHEDULED/PENDING/Late -> queued; RUNNING/Retrying (and AwaitingRetry,
     PAUSED: the run already started) -> processing; COMPLETED -> completed;
     FAILED/TIMEDOUT -> failed; CANCELLING/CANCELLED -> cancelled.
@@ -67,6 +67,6 @@ def status_of(state: "State | None") -> JobStatus:
     return JobStatus.FAILED  # FAILED (TimedOut is a FAILED state in Prefect 3)
 
 
-def state_label(state: "State | None") -> str:
+def state_label(state: State | None) -> str:
     """Prefect's own name for the state, e.g. "Late", "Running", "Crashed" (for details)."""
     return state.name if state is not None and state.name else (state.type.value if state else "Unknown")

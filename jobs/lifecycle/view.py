@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ _ROW_STATUS = {"pending": "queued", "running": "processing"}  # table row words 
 @dataclass
 class JobView:
     record: JobRecord
-    run: "FlowRun | None"
+    run: FlowRun | None
     status: JobStatus
     progress: int
     current_model: str | None
@@ -71,12 +71,12 @@ class JobView:
 
 
 def aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def iso(value: datetime) -> str:
     """RFC 3339 in UTC with a Z, as the spec's examples write times."""
-    return aware(value).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return aware(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _stage_details(record: JobRecord, progress: ReportedProgress) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def active_stage(status: JobStatus, progress: ReportedProgress) -> str | None:
     return "validate"
 
 
-def failure_error(record: JobRecord, run: "FlowRun | None", progress: ReportedProgress) -> dict[str, Any]:
+def failure_error(record: JobRecord, run: FlowRun | None, progress: ReportedProgress) -> dict[str, Any]:
     """The error object of a failed job: the one the flow recorded, else one made from the run's
     final state (a crashed worker or a timeout never reaches the flow's own error handling)."""
     if record.error:
@@ -145,7 +145,7 @@ def _model_rows(record: JobRecord, status: JobStatus, progress: ReportedProgress
     return rows
 
 
-def build_view(record: JobRecord, run: "FlowRun | None", progress: ReportedProgress) -> JobView:
+def build_view(record: JobRecord, run: FlowRun | None, progress: ReportedProgress) -> JobView:
     state = run.state if run is not None else None
     status = status_of(state)
     if status == JobStatus.COMPLETED:
@@ -183,7 +183,7 @@ def needs_progress(record: JobRecord, status: JobStatus) -> bool:
     return status == JobStatus.CANCELLED and len(record.models) > 1
 
 
-async def read_view(client: "PrefectClient", record: JobRecord) -> tuple["FlowRun | None", ReportedProgress, JobView]:
+async def read_view(client: PrefectClient, record: JobRecord) -> tuple[FlowRun | None, ReportedProgress, JobView]:
     """The job's flow run, its progress (only when the view uses it) and its view, read now."""
     run = await find_flow_run(client, record.job_id, record.flow_run_id)
     progress = ReportedProgress()

@@ -19,11 +19,12 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Literal
+from typing import BinaryIO, Literal
 
 from jobs.storage import ObjectNotFound, ObjectStore
 
@@ -196,7 +197,7 @@ def _download(
 def _append(
     src: BinaryIO,
     part: Path,
-    digest: "hashlib._Hash",
+    digest: hashlib._Hash,
     offset: int,
     result: CachedModel,
     report: Callable[[int], None] | None,
@@ -225,7 +226,7 @@ def _read_marker(path: Path, digest: str) -> dict[str, list[int]]:
 
 
 def _write_marker(path: Path, digest: str, stats: dict[str, list[int]]) -> None:
-    body = {"manifest_sha256": digest, "files": stats, "verified_at": datetime.now(timezone.utc).isoformat()}
+    body = {"manifest_sha256": digest, "files": stats, "verified_at": datetime.now(UTC).isoformat()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".marker-")
     with os.fdopen(fd, "w") as f:
         json.dump(body, f, indent=2)

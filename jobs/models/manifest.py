@@ -12,7 +12,7 @@ import hashlib
 import importlib.metadata
 import platform
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,7 +40,7 @@ class ModelManifest(BaseModel):
     files: list[ModelFile]
     frameworks: dict[str, str] = Field(default_factory=dict)
     required_vram_gb: float = 0.0  # free VRAM the loaded model needs; 0 = runs without a GPU
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def total_bytes(self) -> int:

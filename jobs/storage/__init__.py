@@ -23,7 +23,7 @@ class StorageUnavailable(ConnectionError):
     """The object store cannot be reached (or refused our credentials): transient, worth a retry."""
 
 
-def get_store(settings: "Settings") -> ObjectStore:
+def get_store(settings: Settings) -> ObjectStore:
     """The backend that `settings.storage` selects: "fs" under settings.store_dir, or "s3".
 
     Not cached: each call builds a new client (cheap for fs; S3 checks its buckets), so

@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 import urllib3
 from minio import Minio
@@ -78,7 +79,7 @@ class _ObjectReader(io.RawIOBase):
 class S3Store(ObjectStore):
     name = "s3"
 
-    def __init__(self, settings: "Settings", *, connect_timeout: float | None = None,
+    def __init__(self, settings: Settings, *, connect_timeout: float | None = None,
                  read_timeout: float | None = None) -> None:
         self.endpoint = settings.s3_endpoint
         self.bucket_prefix = settings.s3_bucket_prefix

@@ -9,7 +9,7 @@ only makes that engine report itself unavailable.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from recon.engines.base import Engine, EngineConfig
 from recon.engines.fusion import FusionConfig

@@ -8,8 +8,9 @@ results of older versions (flows/reprocess.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,7 +36,7 @@ class EngineConfig(BaseModel):
     name: ClassVar[str]
     version: str
 
-    def setup(self, device: str) -> "Engine":
+    def setup(self, device: str) -> Engine:
         raise NotImplementedError
 
 

@@ -1,5 +1,5 @@
-"""`fusion` engine: the depth-carved visual hull (recon.geometry) textured from the six views
-(recon.texture). No weights, runs on CPU or GPU (only texture visibility uses the renderer);
+"""`fusion` engine: the depth-carved visual hull (recon.geometry.carve) textured from the six views
+(recon.texture.bake). No weights, runs on CPU or GPU (only texture visibility uses the renderer);
 also the starting point of the `nvdiffrec` and `reconviagen` engines."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class FusionConfig(EngineConfig):
     """Grid, face budget and texture size of the fusion result."""
 
     name: ClassVar[str] = "fusion"
-    version: str = "1.1.0"
+    version: str = "1.2.0"
     max_resolution: int = 256  # voxels along the object's longest side (effective; coarse-to-fine)
     min_resolution: int = 96
     face_budget: int = 100_000
@@ -41,7 +41,7 @@ class FusionConfig(EngineConfig):
         side = 2 * max(inputs.image_size)
         return int(min(max(self.min_texture_size, 1 << (side - 1).bit_length()), self.max_texture_size))
 
-    def setup(self, device: str) -> "FusionEngine":
+    def setup(self, device: str) -> FusionEngine:
         return FusionEngine(self, device)
 
 
@@ -52,9 +52,9 @@ class FusionEngine(BaseEngine):
 
     def run(self, inputs: Inputs, calibration: Calibration, hooks: Hooks,
             options: ReconOptions = ReconOptions()) -> TexturedMesh:
-        from recon.geometry import fuse_geometry
+        from recon.geometry.carve import fuse_geometry
         from recon.render import get_backend
-        from recon.texture import bake_texture
+        from recon.texture.bake import bake_texture
 
         config = self.config
         start = time.perf_counter()

@@ -31,12 +31,11 @@ from recon.render.base import RenderBackend
 from recon.types import Calibration, Inputs
 
 
-
 class ReconViaGenConfig(EngineConfig):
     """Upstream pipeline, its weights in the model store and the sampler settings."""
 
     name: ClassVar[str] = "reconviagen"
-    version: str = "0.2.0"
+    version: str = "0.3.0"
     upstream_module: str = "trellis.pipelines"
     upstream_class: str = "TrellisVGGTTo3DPipeline"
     # Model-store entry the service publishes the upstream weights under (jobs/models).
@@ -49,9 +48,9 @@ class ReconViaGenConfig(EngineConfig):
         "mode": "multidiffusion",
     })
     texture_size: int = 2048  # unless the caller asks for another
-    conform_max_faces: int | None = None  # None: recon.align's CONFORM_MAX_FACES
+    conform_max_faces: int | None = None  # None: recon.engines.align's CONFORM_MAX_FACES
 
-    def setup(self, device: str) -> "ReconViaGenEngine":
+    def setup(self, device: str) -> ReconViaGenEngine:
         return ReconViaGenEngine(self, device)
 
 
@@ -72,10 +71,10 @@ def finish_generated_mesh(
 
     Generated colours (per vertex, [0, 1]) survive only on texels no view sees (bake_texture's
     fallback). mesh.info gets the alignment residuals and the conforming displacements
-    (quality.json's engine_info). `max_faces` None: recon.align's CONFORM_MAX_FACES.
+    (quality.json's engine_info). `max_faces` None: recon.engines.align's CONFORM_MAX_FACES.
     """
-    from recon.align import CONFORM_MAX_FACES, Alignment, align_to_rig, apply_alignment, conform_to_views
-    from recon.texture import bake_texture
+    from recon.engines.align import CONFORM_MAX_FACES, Alignment, align_to_rig, apply_alignment, conform_to_views
+    from recon.texture.bake import bake_texture
 
     started = time.perf_counter()
     alignment: Alignment = align_to_rig(vertices, faces, inputs, calibration, hooks=hooks.sub(0.0, 0.3))

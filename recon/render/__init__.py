@@ -7,8 +7,8 @@ live in `recon.render.views` and are written once against `RenderBackend`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from recon.device import resolve_device
 from recon.render.base import RenderBackend

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from embreex import rtcore_scene
 from embreex.mesh_construction import TriangleMesh
 
+from recon.calibration.rig import Camera
 from recon.render.base import RenderBackend
-from recon.rig import Camera
 
 _MIN_W = 1e-8
 
@@ -131,7 +131,7 @@ def _rast_from_hits(
     return rast.T.reshape(height, width, 4).to(pos.device)
 
 
-_WORLD_SCENES: "OrderedDict[tuple, rtcore_scene.EmbreeScene]" = OrderedDict()
+_WORLD_SCENES: OrderedDict[tuple, rtcore_scene.EmbreeScene] = OrderedDict()
 
 
 def _world_scene(vertices: np.ndarray, faces: np.ndarray) -> rtcore_scene.EmbreeScene:

@@ -2,7 +2,7 @@
 
 Written once against `RenderBackend`, so texturing (visibility), metrics, previews, engines and
 the bench see identical pixels on CPU and CUDA. Outputs are numpy arrays with image rows
-top-down (recon.rig convention); the backend's rows are bottom-up (OpenGL) and are flipped here.
+top-down (recon.calibration.rig convention); the backend's rows are bottom-up (OpenGL) and are flipped here.
 
 Texture convention: `uv` has v up (TexturedMesh / trimesh / glTF-after-flip) and `texture` row 0
 is the top of the image as stored in a PNG, so the lookup uses nvdiffrast uv (u, 1 - v).
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recon.calibration.rig import Camera
 from recon.render.base import RenderBackend
-from recon.rig import Camera
 
 
 @dataclass

@@ -14,7 +14,7 @@ let config = null;
 // field -> one entry per slot: null or {file, url, problem, width, height}
 const chosen = { views: [], depth_renders: [] };
 
-/** The rig slot a file name's stem names as a word ("03_top.png"), else null: recon.decode.slot_in_name. */
+/** The rig slot a file name's stem names as a word ("03_top.png"), else null: recon.inputs.decode.slot_in_name. */
 function slotInName(name) {
   const stem = name.split(/[\\/]/).pop().split(".")[0].toLowerCase();
   const found = new Set(stem.split(/[^a-z]+/).filter((t) => config.slots.includes(t)));
@@ -260,7 +260,7 @@ function submit(event) {
   showProblems([]);
   const form = new FormData();
   // Each file is named after the slot the user put it in, so the server's name-based slot
-  // assignment (recon.decode.assign_slots) keeps the page's choice.
+  // assignment (recon.inputs.decode.assign_slots) keeps the page's choice.
   for (const field of Object.keys(GROUPS)) {
     chosen[field].forEach((entry, i) => form.append(field, entry.file, `${config.slots[i]}.png`));
   }

@@ -96,17 +96,17 @@ class NvdiffrecSettings:
     threads: int = 1
 
     @classmethod
-    def for_device(cls, device: str, **overrides: Any) -> "NvdiffrecSettings":
+    def for_device(cls, device: str, **overrides: Any) -> NvdiffrecSettings:
         """The defaults for "cpu" (reduced resolution, <= 180 s per case on 2 cores including
         fusion) or "cuda"/"cuda:N" (CudaNvdiffrecSettings), with `overrides` applied."""
         base = CudaNvdiffrecSettings() if device_kind(device) == "cuda" else NvdiffrecSettings()
         return base.replace(**overrides)
 
-    def replace(self, **changes: Any) -> "NvdiffrecSettings":
+    def replace(self, **changes: Any) -> NvdiffrecSettings:
         return dataclasses.replace(self, **changes)
 
     @property
-    def limits(self) -> "StageLimits":
+    def limits(self) -> StageLimits:
         from recon.optim import StageLimits  # torch: only where the optimisation runs
 
         return StageLimits(self.check_every, self.tolerance, self.divergence_factor)
@@ -137,7 +137,7 @@ class NvdiffrecConfig(EngineConfig):
     settings per device kind (e.g. RECON_NVDIFFREC__CPU__JOINT_ITERATIONS=100 in the service)."""
 
     name: ClassVar[str] = "nvdiffrec"
-    version: str = "1.1.0"
+    version: str = "1.2.0"
     base: FusionConfig = Field(default_factory=FusionConfig)
     cpu: NvdiffrecSettings = Field(default_factory=NvdiffrecSettings)
     cuda: CudaNvdiffrecSettings = Field(default_factory=CudaNvdiffrecSettings)
@@ -154,7 +154,7 @@ class NvdiffrecConfig(EngineConfig):
     def settings_for(self, device: str) -> NvdiffrecSettings:
         return self.cuda if device_kind(device) == "cuda" else self.cpu
 
-    def setup(self, device: str) -> "NvdiffrecEngine":
+    def setup(self, device: str) -> NvdiffrecEngine:
         from recon.engines.nvdiffrec.engine import NvdiffrecEngine
 
         return NvdiffrecEngine(self, device)

@@ -135,8 +135,8 @@ def starting_mesh(inputs: Inputs, calibration: Calibration, backend: RenderBacke
     A caller's target_faces is an upper limit: it replaces fusion's budget (settings 0, CUDA),
     but never raises the smaller CPU budget, where every joint iteration's cost grows with the
     faces. Refinement moves vertices only, so the result keeps this face count."""
-    from recon.geometry import fuse_geometry
-    from recon.texture import bake_texture
+    from recon.geometry.carve import fuse_geometry
+    from recon.texture.bake import bake_texture
 
     budget = settings.face_budget or options.face_budget(fusion.face_budget)
     if options.target_faces:

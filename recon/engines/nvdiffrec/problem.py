@@ -10,12 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon.coverage import background_colour, colour_coverage, outline_band
+from recon.calibration.rig import Camera
 from recon.engines.nvdiffrec.config import NvdiffrecSettings
+from recon.inputs.coverage import background_colour, colour_coverage, outline_band
 from recon.losses import MeshRegulariser
 from recon.mesh import TexturedMesh
 from recon.render.base import RenderBackend
-from recon.rig import Camera
 from recon.types import Calibration, Inputs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ def _texture_stage(
 def _rebake(problem: Problem, params: Params, mesh: TexturedMesh) -> None:
     """Bake the views onto the current geometry in the fixed atlas; it becomes the new base
     texture and the residual starts again from zero."""
-    from recon.texture import bake_texture
+    from recon.texture.bake import bake_texture
 
     started = time.perf_counter()
     with torch.no_grad():

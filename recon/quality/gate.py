@@ -1,6 +1,6 @@
 """The quality gate: does the mesh look like the object in the inputs, as a person would judge?
 
-Object-pixel PSNR/SSIM (recon.metrics) charge a reconstruction for everything that differs
+Object-pixel PSNR/SSIM (recon.quality.metrics) charge a reconstruction for everything that differs
 between a re-render and a photograph: exposure and white balance that change from view to view,
 a pixel or two of misregistration, grazing-angle texture. A right shoe from real photos scored
 19 dB there and was refused, while a smooth blob in the right place would be judged on the same

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from recon.gate import GateSettings, depth_agreement, gate_scores, structure_images, worst_status
 from recon.mesh import TexturedMesh
+from recon.quality.gate import GateSettings, depth_agreement, gate_scores, structure_images, worst_status
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
 from recon.types import Calibration, Inputs
@@ -27,7 +27,7 @@ BANDS = {
     "warning": {"psnr_min": 20.0, "ssim_min": 0.75},
 }
 COMPARISON_MAX = 512  # long side of the per-view comparison images
-GATE_MAX = 512  # long side at which the gate compares appearance (recon.gate)
+GATE_MAX = 512  # long side at which the gate compares appearance (recon.quality.gate)
 PSNR_CAP = 100.0  # identical images: report the cap instead of infinity (JSON has no inf)
 
 
@@ -184,7 +184,7 @@ def quality_report(
     diagonal = float(np.linalg.norm(np.ptp(np.asarray(mesh.vertices), axis=0)))
     gate = GateSettings()
     views = []
-    gains = mesh.info.get("texture", {}).get("view_gains")  # recon.photometric, when the bake solved them
+    gains = mesh.info.get("texture", {}).get("view_gains")  # recon.texture.photometric, when the bake solved them
     for i, camera in enumerate(calibration.cameras):
         width, height = _render_size(camera.width, camera.height, max_resolution)
         k = max(1, int(supersample))
@@ -288,7 +288,7 @@ def _depth_error_pct(rendered: np.ndarray, target: np.ndarray, diagonal: float) 
 def _gate_view(colour: np.ndarray, rendered_mask: np.ndarray, image: np.ndarray, mask: np.ndarray,
                depths: tuple[np.ndarray, np.ndarray] | None, diagonal: float,
                settings: GateSettings) -> dict[str, Any]:
-    """One view's gate measures (recon.gate): appearance after gain and blur, depth agreement.
+    """One view's gate measures (recon.quality.gate): appearance after gain and blur, depth agreement.
 
     Compared at most GATE_MAX pixels on the long side: the images are blurred by 1 % of the
     object's extent anyway, so finer pixels only cost time."""

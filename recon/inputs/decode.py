@@ -12,17 +12,17 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from recon.background import photo_mask
+from recon.calibration.rig import SLOTS, Camera
 from recon.errors import InvalidFileCount, InvalidFileFormat, ValidationFailed
-from recon.rig import SLOTS, Camera
+from recon.inputs.background import photo_mask
 from recon.types import Inputs
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # same default as jobs.settings.Settings.max_pixels
@@ -211,7 +211,7 @@ def _mask_from_depth_and_colour(rgb: np.ndarray, depth_mask: np.ndarray) -> np.n
     outer = _resize_mask(ndimage.binary_dilation(depth_mask), w, h)
     bg = _border_background(rgb)
     if bg is None or not _plain_around(rgb, depth_mask, bg):
-        # a photo's uneven background and shadows: recon.background models them
+        # a photo's uneven background and shadows: recon.inputs.background models them
         return photo_mask(rgb, _resize_mask(depth_mask, w, h), band_px=PHOTO_BAND * max(1, h // depth_mask.shape[0]))
     band = outer & ~inner
     mask = inner.copy()

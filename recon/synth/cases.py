@@ -7,7 +7,7 @@ unknown per-view affine encoding (bright = near), at a field of view and camera 
 pipeline is not told, optionally with a rig variant and views named only by upload order.
 Novel views between the rig's axes measure what the six inputs do not show directly.
 
-    python -m recon.synth spot out/spot --fov 42 --view-res 512 --depth-res 256
+    python -m recon.synth.cases spot out/spot --fov 42 --view-res 512 --depth-res 256
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import torch
 import trimesh
 from PIL import Image
 
+from recon.calibration.rig import Camera, RigVariant, orbit_camera, rig_cameras
 from recon.render import get_backend
 from recon.render.base import RenderBackend
 from recon.render.views import clip_positions
-from recon.rig import Camera, RigVariant, orbit_camera, rig_cameras
 
-MESH_DIR = Path(__file__).resolve().parents[1] / "samples" / "meshes"
+MESH_DIR = Path(__file__).resolve().parents[2] / "samples" / "meshes"
 MESH_FILES = {
     "spot": "spot_low_resolution.obj",
     "fish": "fish_low_resolution.obj",
@@ -356,7 +356,7 @@ def _parse_variant(text: str) -> RigVariant:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recon.synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recon.synth.cases", description=__doc__.split("\n\n")[0])
     parser.add_argument("case", choices=CASES)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--fov", type=float, default=40.0)

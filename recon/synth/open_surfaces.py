@@ -2,7 +2,7 @@
 
 Real objects have openings whose inside one view sees (a scan cut off at the neck, a shoe, a
 bowl) and walls of no thickness seen from both sides (cloth, leaves). Each generator returns a
-normalised mesh (recon.synth.normalise) that renders through recon.synth.render_case like the
+normalised mesh (recon.synth.cases.normalise) that renders through recon.synth.cases.render_case like the
 closed cases; the renderers do not cull back faces, so a view through an opening sees the inside
 and both sides of a sheet are visible.
 
@@ -15,12 +15,12 @@ and both sides of a sheet are visible.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import trimesh
 
-from recon.synth import load_test_mesh, normalise
+from recon.synth.cases import load_test_mesh, normalise
 
 # (mesh, plane point, plane normal of the kept side): the removed side faces that rig view.
 _CUTS: dict[str, tuple[str, tuple[float, float, float], tuple[float, float, float], str]] = {

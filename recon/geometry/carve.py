@@ -22,10 +22,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import marching_cubes
 
+from recon.calibration.projection import frame_half_size, normalized_coords, to_pixels
+from recon.calibration.rig import Camera
 from recon.errors import ModelFailed
 from recon.hooks import Hooks
-from recon.projection import frame_half_size, normalized_coords, to_pixels
-from recon.rig import Camera
 from recon.types import Calibration, Inputs
 
 SILHOUETTE_RES = 1024  # silhouettes' distance transforms are computed at most at this size

@@ -8,17 +8,17 @@ at straight on, so a user sees at a glance whether the shape and texture hold up
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from recon.calibration.rig import Camera, orbit_camera
 from recon.mesh import TexturedMesh
 from recon.render import single_threaded
 from recon.render.base import RenderBackend
 from recon.render.views import RenderedView, render_mesh, vertex_normals
-from recon.rig import Camera, orbit_camera
 
 PREVIEW_ANGLES = ((35.0, 25.0), (215.0, 25.0))  # (azimuth, elevation) in degrees
 PREVIEW_FILES = tuple(

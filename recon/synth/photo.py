@@ -6,12 +6,12 @@ shading baked in), an off-white uneven background with a soft contact shadow, no
 and noise; the photographer re-frames every shot (the camera turned off the rig by up to ~2 deg and
 zoomed by a few percent); the depth maps come from another source (a smoothed surface, half the
 view resolution, blurred edges, 8-bit). Same folder layout and truth.json schema as
-recon.synth.render_case, so bench/quality.py evaluates a photo case unchanged; truth.json also
+recon.synth.cases.render_case, so bench/quality.py evaluates a photo case unchanged; truth.json also
 keeps each view's TRUE camera (`camera`), the nominal rig camera (`nominal_camera`) and the
 photometric draw (`photo`). Novel views stay clean albedo renders: they are the truth a
 reconstruction's texture should reproduce.
 
-    python -m recon.synth_photo spot out/spot-photo --fov 42 --view-res 512 --depth-res 256
+    python -m recon.synth.photo spot out/spot-photo --fov 42 --view-res 512 --depth-res 256
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import numpy as np
 import trimesh
 from scipy import ndimage
 
+from recon.calibration.rig import Camera, RigVariant, rig_cameras
 from recon.render import get_backend
 from recon.render.base import RenderBackend
-from recon.rig import Camera, RigVariant, rig_cameras
-from recon.synth import (
+from recon.synth.cases import (
     CASES,
     SolidTexture,
     _parse_variant,
@@ -154,7 +154,7 @@ def render_photo_case(
     supersample: int = 2,
     strength: float = 1.0,
 ) -> dict:
-    """recon.synth.render_case's files for `mesh`, with the views as photographs (module doc).
+    """recon.synth.cases.render_case's files for `mesh`, with the views as photographs (module doc).
 
     `strength` scales every perturbation (0: clean albedo on a grey background, nominal cameras,
     no blur/noise; 1: the studio case). Returns truth.json.
@@ -199,7 +199,7 @@ def render_photo_case(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recon.synth_photo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recon.synth.photo", description=__doc__.split("\n\n")[0])
     parser.add_argument("case", choices=CASES)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--fov", type=float, default=40.0)

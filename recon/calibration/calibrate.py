@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from recon.coverage import colour_coverage
+from recon.calibration.projection import frame_half_size, project_points
+from recon.calibration.rig import ALL_VARIANTS, SLOTS, Camera, RigVariant, rig_cameras
 from recon.errors import ValidationFailed
 from recon.hooks import Hooks
-from recon.projection import frame_half_size, project_points
-from recon.rig import ALL_VARIANTS, SLOTS, Camera, RigVariant, rig_cameras
+from recon.inputs.coverage import colour_coverage
 from recon.types import Calibration, Inputs
 
 MASK_RES = 96  # silhouettes are compared at this size
@@ -130,7 +130,7 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
     return _result(inputs, best, cams, scores)
 
 
-def _refine_fov(scorer: "RimScorer", w: int, h: int, variant: RigVariant, start: float,
+def _refine_fov(scorer: RimScorer, w: int, h: int, variant: RigVariant, start: float,
                 hooks: Hooks) -> _Candidate:
     """Pattern search on the rim score (steps of 2, 1, 0.5 degrees around the start), then the
     vertex of the parabola through the best and its neighbours."""
@@ -393,7 +393,7 @@ def _subpixel_contour(rgb: np.ndarray, mask: np.ndarray, sdf: np.ndarray, ii: np
 
     A binary mask puts the contour half a pixel outside every edge pixel's centre; its true
     place is where coverage crosses a half, and an antialiased view on a plain background gives
-    the coverage (`recon.coverage.colour_coverage`). Each edge pixel's correction applies to the band within two
+    the coverage (`recon.inputs.coverage.colour_coverage`). Each edge pixel's correction applies to the band within two
     pixels of the contour nearest it. (The level is 0.4, not 0.5: measured against signed
     distances from 2048 px renders, 0.5 put the contour 0.08 px inside on every view of fish
     and penguin.)
@@ -402,7 +402,7 @@ def _subpixel_contour(rgb: np.ndarray, mask: np.ndarray, sdf: np.ndarray, ii: np
     if alpha is None or alpha.shape != mask.shape:
         alpha, strength = colour_coverage(rgb, mask.astype(np.float32))
         alpha = np.where(strength > SUBPIXEL_CONTRAST**2, alpha, 1.0)  # no evidence: as the mask says
-    # else: an uploaded matte's alpha is the coverage itself (recon.decode.alpha_is_mask)
+    # else: an uploaded matte's alpha is the coverage itself (recon.inputs.decode.alpha_is_mask)
     correction = np.where(edge, alpha - SUBPIXEL_LEVEL - 0.5, 0.0)
     _, (ni, nj) = ndimage.distance_transform_edt(~edge, return_indices=True)
     sdf = (sdf + np.where(np.abs(sdf) <= 2.0, correction[ni, nj], 0.0)).astype(np.float32)

@@ -1,6 +1,6 @@
 """Right and wrong reconstructions of a synthetic case, built from its truth (tests and bench).
 
-The quality gate (recon.gate) must pass what a person would call right and fail what a person
+The quality gate (recon.quality.gate) must pass what a person would call right and fail what a person
 would call wrong. The wrong ones here are the failures people see: a blob (convex hull, sphere),
 the right shape in the wrong pose (rotated, mirrored), at the wrong scale, a texture baked from
 the wrong views, and a lid over an opening (the convex hull of an open bowl). Every mesh gets
@@ -11,15 +11,15 @@ geometry can have, so the gate cannot tell them apart by a grey texture alone.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import trimesh
 
-from recon.decode import decode_inputs
+from recon.calibration.rig import Camera, RigVariant
+from recon.inputs.decode import decode_inputs
 from recon.mesh import TexturedMesh
-from recon.rig import Camera, RigVariant
 from recon.types import Calibration, Inputs
 
 TEXTURE_SIZE = 512
@@ -52,7 +52,7 @@ def truth_mesh(case_dir: Path, truth: dict) -> trimesh.Trimesh:
 def baked(mesh: trimesh.Trimesh, inputs: Inputs, calibration: Calibration,
           texture_size: int = TEXTURE_SIZE) -> TexturedMesh:
     """`mesh` textured from the views, as an engine would bake it."""
-    from recon.texture import bake_texture
+    from recon.texture.bake import bake_texture
 
     return bake_texture(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32),
                         inputs, calibration, texture_size=texture_size)

@@ -94,7 +94,7 @@ class Camera:
     height: int
     slot: str = ""
 
-    def at_resolution(self, width: int, height: int) -> "Camera":
+    def at_resolution(self, width: int, height: int) -> Camera:
         """The same camera for an image of another size (same field of view)."""
         return replace(self, width=width, height=height)
 
@@ -168,7 +168,7 @@ class Camera:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Camera":
+    def from_dict(cls, data: dict) -> Camera:
         return cls(
             c2w=np.asarray(data["c2w"], dtype=np.float64),
             fov_deg=float(data["fov_deg"]),

@@ -533,7 +533,7 @@ def conform_to_views(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, ca
     silhouette disagreement is a wrong colour at the input views: on the synthetic cases the
     similarity-aligned mesh had 2.5x fusion's silhouette error and lost 3-4 dB of input PSNR to
     it. The observed surface is the zero level of the core's depth-carved visual hull field
-    (recon.geometry.SignedField, what the fusion engine meshes). Each vertex (after subdividing
+    (recon.geometry.carve.SignedField, what the fusion engine meshes). Each vertex (after subdividing
     to about CONFORM_EDGE_PX view pixels) moves to the nearest inside -> outside crossing of that
     field along its normal within CONFORM_REACH_PCT; vertices with no crossing in reach (parts no
     view constrains, e.g. a cup's inside) keep the generated shape, blended into their snapped
@@ -541,8 +541,8 @@ def conform_to_views(vertices: np.ndarray, faces: np.ndarray, inputs: Inputs, ca
     `max_faces` (CONFORM_MAX_FACES unless the caller sets a target; quadric: fine where curved, like the fusion mesh); uniform edges at that
     budget lost 1 dB of input PSNR on the cup's thin rim.
     """
-    from recon.geometry import SignedField, snap_contours
-    from recon.projection import frame_half_size
+    from recon.calibration.projection import frame_half_size
+    from recon.geometry.carve import SignedField, snap_contours
 
     hooks.check()
     mesh = trimesh.Trimesh(vertices, faces, process=True)

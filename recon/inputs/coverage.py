@@ -2,7 +2,7 @@
 
 Views arrive rendered or photographed on a plain background with antialiased outlines: an
 outline pixel's colour is coverage * object colour + (1 - coverage) * background. The masks
-(recon.decode) are binary, so this is the only sub-pixel evidence of where the contour lies.
+(recon.inputs.decode) are binary, so this is the only sub-pixel evidence of where the contour lies.
 Used by calibration (the rim score's contours at 512 px) and by the nvdiffrec engine (target
 coverage of outline pixels).
 """

@@ -23,14 +23,14 @@ import numpy as np
 import trimesh
 from scipy import ndimage, sparse
 
-from recon.atlas import triangle_samples, unwrap
+from recon.calibration.projection import project_points
+from recon.calibration.rig import Camera
 from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
-from recon.photometric import solve_gains
-from recon.projection import project_points
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
-from recon.rig import Camera
+from recon.texture.atlas import triangle_samples, unwrap
+from recon.texture.photometric import solve_gains
 from recon.types import Calibration, Inputs
 
 ANGLE_POWER = 8.0  # k in cos^k: the most frontal view dominates, neighbours blend softly (k 3-30 measured within 0.1 dB)
@@ -63,7 +63,7 @@ class Bake:
 
 
 def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> AtlasRaster:
-    """Which face (and barycentrics) covers each texel centre (recon.atlas.triangle_samples).
+    """Which face (and barycentrics) covers each texel centre (recon.texture.atlas.triangle_samples).
 
     Charts never overlap, so each texel belongs to one face (ties on shared edges go to the
     later face, which has the same colour there).
@@ -227,7 +227,7 @@ def bake_colors(
     n = len(raster.texel)
     n_views = len(calibration.cameras)
     looks = [_ViewLookup(inputs, i, cam, vertices, faces, backend) for i, cam in enumerate(calibration.cameras)]
-    # per-view gain and white balance from a sparse subset of texels (recon.photometric)
+    # per-view gain and white balance from a sparse subset of texels (recon.texture.photometric)
     subset = np.arange(0, n, max(1, n // PHOTOMETRIC_SAMPLES))
     samples = [look(points[subset], normals[subset], angle_power, exact=False) for look in looks]
     gains = solve_gains([(idx, colour, w) for idx, w, colour in samples], len(subset))

@@ -1,12 +1,12 @@
 """Fast pinhole projection of large point sets (millions of voxels), shared by the calibration
-search and the geometry field. Same conventions as `recon.rig.Camera.project`, but float32
+search and the geometry field. Same conventions as `recon.calibration.rig.Camera.project`, but float32
 column arithmetic, several times faster than a (N, 3) @ (3, 3) product in numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from recon.rig import Camera
+from recon.calibration.rig import Camera
 
 
 def normalized_coords(cam: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Object masks for photographs: a smooth background model that tolerates uneven, off-white
 studio backgrounds and soft contact shadows.
 
-recon.decode's plain-background test needs the image border to be one colour; a photo's paper
+recon.inputs.decode's plain-background test needs the image border to be one colour; a photo's paper
 sweep is lit unevenly (a ramp, a vignette) and the object casts a soft shadow onto it. Here the
 background is a low-order polynomial per channel fitted to the pixels well away from the depth
 mask (robustly, so stray object pixels do not bend it), and a pixel near the object's outline is
@@ -93,7 +93,7 @@ def photo_mask(rgb: np.ndarray, depth_mask_full: np.ndarray, band_px: int) -> np
 def _half_covered(rgb: np.ndarray, mask: np.ndarray, box: tuple[slice, slice], coef: np.ndarray) -> np.ndarray:
     """Drop outline pixels the object covers less than half of: a blurred outline pixel is
     coverage * object + (1 - coverage) * background, with the object's colour taken from the
-    nearest pixel two pixels inside (recon.coverage's model, with the local background)."""
+    nearest pixel two pixels inside (recon.inputs.coverage's model, with the local background)."""
     sub = mask[box]
     outline = sub & ~ndimage.binary_erosion(sub)
     solid = ndimage.binary_erosion(sub, iterations=2)

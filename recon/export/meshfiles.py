@@ -9,8 +9,9 @@ not trimesh's default grey Kd 0.4) and the PLY's per-vertex colours sampled from
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import trimesh
