@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 # pytest arguments, e.g. `make test PYTEST_ARGS="-k e2e -x"`
 PYTEST_ARGS ?=
 
-.PHONY: run test venv chromium clean-data
+.PHONY: run test lint venv chromium clean-data
 
 venv: $(VENV)/.installed
 
@@ -29,8 +29,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.torch-$(TORCH_VERSIO
 run: venv
 	$(BIN)/python -m deployments.embedded
 
-test: venv chromium
+test: venv chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Style and types, configured in pyproject.toml; `make test` runs them first and stops on a finding.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # tests/test_browser.py drives Debian's chromium (never a browser download: the network is closed).
 # Installed with apt when missing; without apt the browser test skips and says why.
