@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = runs.connect(prefect_api_url)
-        job_store = store or await anyio.to_thread.run_sync(get_store, settings)  # S3: creates the buckets
+        if store is not None:
+            job_store = store
+        else:
+            job_store = await anyio.to_thread.run_sync(get_store, settings)  # S3: creates the buckets
         async with client:
             context = ApiContext(settings=settings, store=job_store, prefect=client)
             app.state.context = context

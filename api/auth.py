@@ -138,7 +138,7 @@ class SubmissionRateLimit:
     def client_id(self, scope: Scope) -> str:
         if self.keys:
             key = presented_key(Headers(scope=scope))
-            if key_is_valid(key, self.keys):
+            if key is not None and key_is_valid(key, self.keys):
                 return "key:" + key
         client = scope.get("client")
         return "addr:" + (client[0] if client else "unknown")

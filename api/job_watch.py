@@ -232,8 +232,11 @@ class JobWatcher:
         records = await self.ctx.io(_load_records, self.ctx.store, reread) if reread else {}
         records_read = time.monotonic()
 
-        with_progress = [j for j, e in due.items() if runs[j] is not None
-                         and needs_progress(records.get(j) or e.record, status_of(runs[j].state))]
+        with_progress: list[str] = []
+        for j, e in due.items():
+            job_run = runs[j]
+            if job_run is not None and needs_progress(records.get(j) or e.record, status_of(job_run.state)):
+                with_progress.append(j)
         progress = await read_jobs_progress(client, with_progress) if with_progress else {}
         rebuilt = 0
 

@@ -1,4 +1,4 @@
-"""Response and request models of spec/API.md, for validation and the OpenAPI docs at /docs."""
+"""Response and request models of the API contract (docs/api.md), for validation and the OpenAPI docs at /docs."""
 
 from __future__ import annotations
 

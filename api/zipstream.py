@@ -41,6 +41,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def drain(self) -> Iterator[bytes]:
         if self._parts:
             data, self._parts = b"".join(self._parts), []
@@ -59,7 +62,7 @@ def _entry(name: str, modified: datetime) -> zipfile.ZipInfo:
 def stream_zip(members: Iterable[ZipMember], modified: datetime = ZIP_EPOCH) -> Iterator[bytes]:
     """The archive's bytes; every entry is stamped `modified` (UTC), so equal inputs give equal bytes."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as archive:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as archive:
         for member in members:
             with archive.open(_entry(member.name, modified), "w", force_zip64=member.size >= 2**31 - 1) as out:
                 for chunk in member.chunks():

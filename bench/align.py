@@ -1,4 +1,4 @@
-"""Generated-mesh post-processing benchmark (issue 5's targets) on synthetic cases.
+"""Generated-mesh post-processing benchmark on synthetic cases.
 
     python bench/align.py [--cases spot,fish,penguin,cup] [--view-res 2048 --depth-res 1024]
                           [--texture-size 2048] [--seed N] [--work DIR] [--device auto]
@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def run_case(entry: dict, folder: Path, device: str, texture_size: int, seed: in
     backend = get_backend(pipeline.resolve_device(device))
     fusion, fusion_s, _ = _timed(pipeline.run_engine, "fusion", inputs, calibration, device=device)
 
-    truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
+    truth_mesh = cast(trimesh.Trimesh, trimesh.load(folder / truth["mesh"], process=False))  # a PLY with faces
     vertices, faces, applied = perturb_like_generator(truth_mesh, seed=seed)
     put_back = trimesh.transform_points(vertices, np.linalg.inv(applied))
     floor = chamfer_fscore(trimesh.Trimesh(put_back, faces, process=False), truth_mesh)

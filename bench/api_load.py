@@ -7,7 +7,7 @@ temporary directory, and measures on loopback:
 - upload: POST /jobs with 12 PNGs of ~15 MB of random pixels (incompressible); wall time and the
   growth of the API process's peak RSS (VmHWM, reset through /proc/PID/clear_refs before).
 - status_latency.own_job_polling (THE TARGET MEASUREMENT): 100 concurrent clients, each polling
-  its own job every 5 s (the spec's fastest recommended interval, ../shared/spec/API.md) for
+  its own job every 5 s (the spec's fastest recommended polling interval) for
   --poll-seconds, over a real mix of jobs: some failed and some cancelled (finished), one
   really running on the worker (the bundled sample, fusion; when it ends the worker starts the
   next queued job), the rest queued behind it. This is the load the spec implies for 100 users.
@@ -23,7 +23,7 @@ temporary directory, and measures on loopback:
 The load generator is one asyncio process (httpx, one connection per simulated client) and
 shares the machine's CPU with the API, the Prefect server and the worker's flow run.
 
-Targets (issue 3): status p99 <= 50 ms, upload adds <= 64 MiB to the API's RSS,
+Targets: status p99 <= 50 ms, upload adds <= 64 MiB to the API's RSS,
 submission-to-RUNNING <= 5 s.
 
     .venv/bin/python bench/api_load.py [--poll-seconds 60] [--running-rounds 5]
@@ -173,7 +173,7 @@ async def status_load(base: str | list[str], api_pid: int | list[int], job_ids: 
         wall, cpu = time.perf_counter() - started, sum(map(cpu_seconds, pids)) - cpu0
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    out = {**percentiles(samples), "errors": len(errors), "error_kinds": sorted(set(errors)),
+    out: dict[str, Any] = {**percentiles(samples), "errors": len(errors), "error_kinds": sorted(set(errors)),
            "requests_per_s": round(len(samples) / wall, 1), "interval_s": interval or None,
            "api_cpu_ms_per_request": round(1000 * cpu / max(1, len(samples)), 3)}
     if interval:

@@ -1,4 +1,4 @@
-"""Quality benchmark of the reconstruction on synthetic cases with known truth (issue 2's targets).
+"""Quality benchmark of the reconstruction on synthetic cases with known truth.
 
     python bench/quality.py [--engine fusion|nvdiffrec] [--cases spot,fish,penguin,cup]
                             [--view-res 2048 --depth-res 1024] [--seed N] [--work DIR]
@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -146,10 +147,12 @@ def load_result_mesh(out: Path):
     from recon.mesh import TexturedMesh
 
     scene = trimesh.load(out / "mesh.glb")
-    geom = next(iter(scene.geometry.values())) if hasattr(scene, "geometry") else scene
-    image = geom.visual.material.baseColorTexture.convert("RGB")
+    geom = cast(trimesh.Trimesh, next(iter(scene.geometry.values())) if hasattr(scene, "geometry") else scene)
+    visual = cast(trimesh.visual.TextureVisuals, geom.visual)  # our GLBs are textured
+    material = cast(trimesh.visual.material.PBRMaterial, visual.material)  # glTF materials load as PBR
+    image = material.baseColorTexture.convert("RGB")
     return TexturedMesh(np.asarray(geom.vertices, np.float32), np.asarray(geom.faces, np.int32),
-                        np.asarray(geom.visual.uv, np.float32), np.asarray(image))
+                        np.asarray(visual.uv, np.float32), np.asarray(image))
 
 
 def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> dict:
@@ -160,7 +163,7 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
     from recon.quality.metrics import block_mean, compare_view
     from recon.render.views import render_mesh
 
-    truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
+    truth_mesh = cast(trimesh.Trimesh, trimesh.load(folder / truth["mesh"], process=False))  # a PLY with faces
     scale = camera_distance(fov_est) / truth["distance"]
     scores = []
     for novel in truth["novel"]:
@@ -172,6 +175,7 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
         # 2x2 supersampled like the truth renders, so silhouettes are compared like for like.
         recon_cam = Camera(c2w, fov_est, cam.width * 2, cam.height * 2, cam.slot)
         view = render_mesh(backend, recon_cam, mesh.vertices, mesh.faces, mesh.uv, mesh.texture)
+        assert view.color is not None  # rendered with uv and a texture
         colour = block_mean(view.color, 2)
         mask = block_mean(view.mask.astype(np.float32), 2) >= 0.5
         # The truth renders are already on white and antialiased: compare them as they are.
@@ -193,7 +197,7 @@ def geometry_scores(mesh, truth: dict, folder: Path, fov_true: float, fov_est: f
 
     from recon.quality.evaluate import chamfer_fscore
 
-    truth_mesh = trimesh.load(folder / truth["mesh"], process=False)
+    truth_mesh = cast(trimesh.Trimesh, trimesh.load(folder / truth["mesh"], process=False))  # a PLY with faces
     ours = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
     # both compared in true units, so the percentages stay relative to the true diagonal
     in_true_units = trimesh.Trimesh(ours.vertices * (truth["distance"] / camera_distance(fov_true)), ours.faces, process=False)

@@ -63,7 +63,7 @@ def geometry_ok(result: dict) -> bool:
             and result.get("fscore", 0.0) >= REAL_TARGETS["open_fscore_min"])
 
 
-def summarise_real(results: list[dict], engine: str, size: str) -> dict:
+def summarise_real(results: list[dict], engine: str, size: str | None) -> dict:
     """The issue's targets, each met only if every case concerned ran and met it."""
     ok = [r for r in results if "error" not in r]
     complete = bool(ok) and len(ok) == len(results)

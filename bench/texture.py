@@ -1,4 +1,4 @@
-"""Cost of UV unwrapping and texture baking at production size (issue 2's texturing target:
+"""Cost of UV unwrapping and texture baking at production size (the texturing target:
 <= 15 s for 100k faces, a 2048^2 texture and six 2048^2 views on 2 cores).
 
     python bench/texture.py [--mesh spot] [--faces 100000] [--view-res 2048] [--texture 2048]

@@ -161,10 +161,10 @@ def local_job_variables(d: DeploymentDef) -> dict[str, Any]:
 
 
 async def _apply_deployment(client: Any, d: DeploymentDef, root: Path) -> Any:
-    from prefect.flows import load_flow_from_entrypoint
+    from prefect.flows import Flow, load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
-    flow = load_flow_from_entrypoint(str(root / d.entrypoint))
+    flow: Flow[..., Any] = load_flow_from_entrypoint(str(root / d.entrypoint))
     flow_id = await client.create_flow_from_name(flow.name)
     return await client.create_deployment(
         flow_id=flow_id,
@@ -214,7 +214,7 @@ def zombie_automation(silence_seconds: int) -> Any:
             threshold=1,
             within=timedelta(seconds=silence_seconds),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=(
+        actions=[ChangeFlowRunState(name=None, force=False, state=StateType.CRASHED, message=(
             f"No heartbeat for {silence_seconds} s: the worker or the flow-run process died."))],
     )
 

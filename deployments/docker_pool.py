@@ -1,5 +1,5 @@
 """The production GPU work pool: a prefect-docker pool that runs each flow run in its own container
-with one GPU, the model-weights cache volume and the service image (DESIGN.md §3, infra/).
+with one GPU, the model-weights cache volume and the service image (docs/architecture.md, infra/).
 
 The base job template is prefect-docker's own default for type "docker" with only the defaults of
 its variables changed, so every field used is one prefect-docker 0.7 renders:
@@ -110,7 +110,8 @@ async def store_secrets(environ: Mapping[str, str]) -> list[str]:
     saved = []
     for variable, block in SECRET_VARIABLES.items():
         if environ.get(variable):
-            await Secret(value=environ[variable]).asave(block, overwrite=True)
+            secret: Secret[str] = Secret(value=environ[variable])  # type: ignore[arg-type]  # prefect's validator wraps a str; stub omits it
+            await secret.asave(block, overwrite=True)
             saved.append(block)
     return saved
 

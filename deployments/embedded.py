@@ -1,4 +1,4 @@
-"""`make run`: the embedded stack of DESIGN.md §3 on one machine, then the bundled sample.
+"""`make run`: the embedded stack of docs/architecture.md on one machine, then the bundled sample.
 
     python -m deployments.embedded [--no-sample] [--sample DIR] [--model-type fusion]
 

@@ -1,4 +1,4 @@
-"""Start, health-check and stop the processes of the stack (DESIGN.md §3).
+"""Start, health-check and stop the processes of the stack (docs/architecture.md).
 
 One place for "how do we run PostgreSQL / a Prefect server / a worker / the API / the test S3
 endpoint as a child process": the embedded launcher (`python -m deployments.embedded`) and the

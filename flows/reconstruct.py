@@ -22,10 +22,10 @@ import logging
 import shutil
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
-from prefect.context import get_run_context
+from prefect.context import FlowRunContext, get_run_context
 
 from jobs.errors import ServiceError
 from jobs.lifecycle import (
@@ -39,6 +39,9 @@ from jobs.lifecycle.runs import MAX_CRASHES, cancelled_state, crash_count
 from jobs.settings import get_settings
 from jobs.storage import get_store
 from recon.errors import Cancelled
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun, State
 
 # The tasks (and through them recon's engines, numpy, trimesh, torch) are imported inside the flow
 # function, not here: the flow-run process imports this module *before* its run turns RUNNING,
@@ -68,6 +71,14 @@ def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     remove_work_dir(work_dir(settings.work_root, job_id, str(flow_run.id)))
 
 
+def _current_flow_run() -> FlowRun:
+    """The flow run this code runs in (the flow's body always has a FlowRunContext)."""
+    ctx = get_run_context()
+    if not isinstance(ctx, FlowRunContext) or ctx.flow_run is None:
+        raise RuntimeError("not inside a Prefect flow run")
+    return ctx.flow_run
+
+
 def remove_work_dir(path: Path) -> None:
     """Delete a run's scratch folder and its job's folder once no other run of the job uses it
     (a full disk must not keep a failed job's partial files)."""
@@ -79,7 +90,8 @@ def remove_work_dir(path: Path) -> None:
 
 
 @flow(name="reconstruct", flow_run_name="{job_id}", on_cancellation=[_on_cancellation], persist_result=False)
-def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bool = False) -> dict[str, Any]:
+def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE,
+                reprocess: bool = False) -> dict[str, Any] | State:
     """Reconstruct job `job_id` with the engines of `model_type` (jobs.lifecycle.engines_for)."""
     from recon.device import resolve_device
     from tasks.cancellation import CancelWatch
@@ -104,7 +116,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     if record is None:
         raise ServiceError("JOB_NOT_FOUND", f"Job '{job_id}' not found", {"job_id": job_id})
     models = list(engines_for(model_type))
-    flow_run_id = get_run_context().flow_run.id
+    flow_run_id = _current_flow_run().id
     run_key = str(flow_run_id)
     run = JobRun(job_id=job_id, settings=settings, store=store, progress=ProgressReporter(job_id, models),
                  watch=CancelWatch(flow_run_id), workdir=work_dir(settings.work_root, job_id, run_key),
@@ -144,7 +156,7 @@ def reconstruct(job_id: str, model_type: str = DEFAULT_MODEL_TYPE, reprocess: bo
     except Cancelled:
         logger.info("job %s cancelled", job_id)
         run.progress.model_failed(None, "cancelled", None)
-        _on_cancellation(None, get_run_context().flow_run, None)
+        _on_cancellation(None, _current_flow_run(), None)
         return cancelled_state("Job cancelled by the client")
     except Exception as exc:
         error = exc if isinstance(exc, ServiceError) else stage_error(exc, current, "unknown")

@@ -61,7 +61,8 @@ def reprocess(job_ids: list[str] | None = None, max_jobs: int = 100) -> dict[str
     store = get_store(settings)
     candidates = job_ids or changes.job_ids(store)
     versions = engine_versions(settings)
-    submitted, skipped = [], {}
+    submitted: list[dict[str, str]] = []
+    skipped: dict[str, str] = {}
     for job_id in candidates:
         if len(submitted) >= max_jobs:
             break

@@ -1,4 +1,4 @@
-"""The spec's error catalogue (spec/API.md "Complete Error Code Table"): the one place where a
+"""The spec's error catalogue (docs/api.md "Error codes"): the one place where a
 code gets its HTTP status, message and suggestion, and the error object every failure becomes."""
 
 from __future__ import annotations

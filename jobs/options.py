@@ -23,10 +23,10 @@ OPTION_FIELDS: tuple[str, ...] = ("target_faces", "texture_size", "formats")
 
 
 class JobOptions(BaseModel):
-    target_faces: int | None = Field(None, ge=MIN_FACES, le=MAX_FACES,
+    target_faces: int | None = Field(default=None, ge=MIN_FACES, le=MAX_FACES,
                                      description=f"at most this many faces ({MIN_FACES}..{MAX_FACES})")
-    texture_size: int | None = Field(None, description="texture side in texels: 512, 1024, 2048 or 4096")
-    formats: list[str] | None = Field(None, min_length=1,
+    texture_size: int | None = Field(default=None, description="texture side in texels: 512, 1024, 2048 or 4096")
+    formats: list[str] | None = Field(default=None, min_length=1,
                                       description=f"mesh formats among {', '.join(FORMATS)}")
 
     @field_validator("texture_size")

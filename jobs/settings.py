@@ -2,7 +2,7 @@
 the one settings tree of the service, the reconstruction library's configs included.
 
 One `Settings` object is read per process (`get_settings()`); tests build their own with
-overrides. Defaults give the embedded stack of DESIGN.md §3 under `./data`.
+overrides. Defaults give the embedded stack of docs/architecture.md under `./data`.
 
 Nested values use `__`: `RECON_NVDIFFREC__CPU__JOINT_ITERATIONS=100`, `RECON_FUSION__VERSION=1.2.0`,
 `RECON_EXPORT__PREVIEW_MAX=2048`. The engine and export sections are kept as plain mappings here

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -20,11 +20,16 @@ from recon.errors import ConvergenceFailed
 from recon.hooks import Hooks
 
 
+class _Group(TypedDict):
+    params: list[torch.Tensor]
+    lr: float
+
+
 class Adam:
     """Adam over parameter groups `[{"params": [tensor, ...], "lr": float}, ...]`."""
 
     def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        self.groups = [{"params": list(g["params"]), "lr": float(g["lr"])} for g in groups]
+        self.groups: list[_Group] = [{"params": list(g["params"]), "lr": float(g["lr"])} for g in groups]
         self.betas, self.eps, self.steps = betas, eps, 0
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 

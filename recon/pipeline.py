@@ -1,4 +1,4 @@
-"""The pipeline as five stage functions plus `reconstruct`, which chains them (DESIGN §6).
+"""The pipeline as five stage functions plus `reconstruct`, which chains them (docs/engines.md).
 
 The job service's Prefect tasks call the stages one by one (tasks/validate, inference, export,
 metrics), the CLI calls `reconstruct`; each stage is usable on its own.

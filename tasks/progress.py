@@ -51,7 +51,8 @@ class ProgressReporter:
         """`model` is at `stage`, `fraction` (0..1) through it; a stage change writes at once."""
         row = self.rows[model]
         changed = row.get("stage") != stage or row.get("status") != "running"
-        row.update(status="running", stage=stage)
+        row["status"] = "running"
+        row["stage"] = stage
         start, end = STAGE_SPANS[stage]
         within = start + (end - start) * _clip(fraction)
         row["progress"] = int(round(100 * within))
@@ -61,14 +62,17 @@ class ProgressReporter:
                           force=changed, table=True)
 
     def model_done(self, model: str) -> None:
-        self.rows[model].update(status="completed", progress=100)
+        row = self.rows[model]
+        row["status"] = "completed"
+        row["progress"] = 100
         self._write(force=True, table=True)
 
     def model_failed(self, model: str | None, status: str, error: dict | None) -> None:
         """Mark `model` (or, if None, every unfinished model) failed/cancelled."""
         for name, row in self.rows.items():
             if (model is None and row.get("status") in ("pending", "running")) or name == model:
-                row.update(status=status, error=error)
+                row["status"] = status
+                row["error"] = error
         self._write(force=True, table=True)
 
     def finished(self) -> None:

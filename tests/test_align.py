@@ -1,4 +1,4 @@
-"""Generated-mesh post-processing (issue 5): a stand-in for a generator's output (the true mesh,
+"""Generated-mesh post-processing: a stand-in for a generator's output (the true mesh,
 re-framed, axis-permuted or mirrored, noisy, decimated, colourless) must come back onto the rig
 within 1% Chamfer and, re-textured from the views, reproduce the input views within 1.5 dB of the
 fusion engine; the upstream network itself is reported missing on this host."""

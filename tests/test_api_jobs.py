@@ -17,7 +17,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -26,6 +26,9 @@ from jobs.errors import ServiceError
 from jobs.lifecycle.keys import output_key
 from jobs.lifecycle.record import load_record, update_record, utcnow
 from tests.fixtures.api import ApiServer, LocalApi, idle_settings, job_files, make_local_api, png_bytes
+
+if TYPE_CHECKING:
+    from tests.fixtures.s3 import S3Endpoint
 
 STATUS_KEYS = {"job_id", "status", "progress", "current_model", "created_at", "updated_at", "error"}
 
@@ -349,7 +352,7 @@ def test_crashed_run_stays_processing_while_it_is_requeued(api: httpx.Client, lo
 
 
 @pytest.fixture(scope="module")
-def s3_api(prefect_server: str, local_api: LocalApi, s3_endpoint: dict[str, object],
+def s3_api(prefect_server: str, local_api: LocalApi, s3_endpoint: S3Endpoint,
            tmp_path_factory: pytest.TempPathFactory) -> LocalApi:
     from tests.fixtures.s3 import unique_bucket_prefix
 

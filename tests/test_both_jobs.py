@@ -1,4 +1,4 @@
-"""model_type=both (issue 5) and the reconviagen engine's post-processing inside the job flow.
+"""model_type=both and the reconviagen engine's post-processing inside the job flow.
 
 1. Over HTTP against the real stack (Prefect server, worker, API, filesystem store): on a host
    where reconviagen cannot run (no upstream package, no weights), a `both` job fails at

@@ -89,7 +89,8 @@ def _quality_line(store: ObjectStore, key: str) -> str:
         report: dict[str, Any] = json.loads(store.get_bytes(key))
     except (ObjectNotFound, ValueError):
         return "quality report unreadable"
-    summary = report.get("mean") if isinstance(report.get("mean"), dict) else report
+    mean = report.get("mean")
+    summary: dict[str, Any] = mean if isinstance(mean, dict) else report
     parts = [f"{k}={summary[k]:.4g}" if isinstance(summary.get(k), (int, float)) else f"{k}={summary[k]}"
              for k in ("psnr", "ssim", "mask_iou", "status") if k in summary]
     return ", ".join(parts) or "see quality.json"

@@ -1,4 +1,4 @@
-"""GET /jobs/{job_id}: the job's status per DESIGN.md §4 (jobs.lifecycle.view), from memory (api.job_watch)."""
+"""GET /jobs/{job_id}: the job's status per docs/architecture.md (jobs.lifecycle.view), from memory (api.job_watch)."""
 
 from __future__ import annotations
 

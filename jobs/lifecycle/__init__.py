@@ -3,7 +3,7 @@ through this package; api/, flows/ and tasks/ import from here and from nowhere 
 (tests/test_lifecycle.py checks that they build no object keys, write no record fields and call
 no Prefect client methods themselves).
 
-- `status`: the spec's `JobStatus` and the Prefect-state mapping (DESIGN.md §4);
+- `status`: the spec's `JobStatus` and the Prefect-state mapping (docs/architecture.md);
 - `keys`: the object key layout (record, inputs, outputs, staging);
 - `record`: the job record's shape and its atomic read/write (`jobs/{job_id}/job.json`);
 - `changes`: every change to a record and a job's files (created ... discarded);

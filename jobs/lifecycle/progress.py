@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 from uuid import UUID
 
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
@@ -72,8 +72,10 @@ class ProgressArtifacts:
 
         try:
             if self._artifact_id is None:
-                self._artifact_id = create_progress_artifact(
-                    percent, key=progress_artifact_key(self.job_id), description=description)
+                # Called from sync code outside an event loop, so async_dispatch runs the sync
+                # implementation and returns the UUID, not a coroutine.
+                self._artifact_id = cast(UUID, create_progress_artifact(
+                    percent, key=progress_artifact_key(self.job_id), description=description))
             else:
                 update_progress_artifact(self._artifact_id, percent, description=description)
             if rows is not None:
@@ -102,7 +104,7 @@ def _parse_table(data: Any) -> list[ModelRow] | None:
         except ValueError:
             return None
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-        return [ModelRow(**r) for r in data]  # type: ignore[typeddict-item]
+        return [ModelRow(**r) for r in data]
     return None
 
 
@@ -126,7 +128,10 @@ async def read_jobs_progress(client: PrefectClient, job_ids: list[str]) -> dict[
             limit=len(page),
         )
         for c in collections:
-            job_id, kind = owners.get(c.key, (None, None))
+            owner = owners.get(c.key)
+            if owner is None:
+                continue
+            job_id, kind = owner
             if kind == "progress":
                 result[job_id].progress = clamp_progress(c.data)
             elif kind == "models":

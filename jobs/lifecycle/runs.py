@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from prefect.client.schemas.filters import (
@@ -34,6 +34,7 @@ from jobs.lifecycle.progress import PAGE
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun, State
+    from prefect.client.schemas.responses import OrchestrationResult
 
 FLOW_NAME = "reconstruct"
 DEPLOYMENT_NAME = "reconstruct/reconstruct"  # settings.deployment overrides it at run time
@@ -144,10 +145,12 @@ def submit_rerun(deployment: str, job_id: str, model_type: str) -> FlowRun:
     `has_active_rerun` finds it; the job keeps pointing at its original run."""
     from prefect.deployments import run_deployment
 
-    return run_deployment(
+    # Called from the (sync) reprocess flow, outside an event loop: async_dispatch runs the sync
+    # implementation and returns the FlowRun, not a coroutine.
+    return cast("FlowRun", run_deployment(
         deployment, parameters={"job_id": job_id, "model_type": model_type, "reprocess": True},
         flow_run_name=job_id, tags=[*run_tags(job_id, model_type), REPROCESS_TAG], timeout=0, as_subflow=False,
-    )
+    ))
 
 
 # ---- reading runs ----------------------------------------------------------------------------
@@ -263,9 +266,11 @@ def crash_count(flow_run_id: str | UUID) -> int:
 async def workers_polling(client: PrefectClient, work_pool: str, within_s: float = 90.0) -> int:
     """How many workers of `work_pool` sent a heartbeat within `within_s` seconds."""
     since = datetime.now(UTC) - timedelta(seconds=within_s)
+    # prefect types after_ as its DateTime; the pydantic field validates a stdlib datetime into one
+    heartbeat = WorkerFilterLastHeartbeatTime(after_=since)  # type: ignore[arg-type]  # stub narrower than field
     workers = await client.read_workers_for_work_pool(
         work_pool,
-        worker_filter=WorkerFilter(last_heartbeat_time=WorkerFilterLastHeartbeatTime(after_=since)),
+        worker_filter=WorkerFilter(last_heartbeat_time=heartbeat),
     )
     return len(workers)
 
@@ -277,7 +282,8 @@ async def request_cancellation(client: PrefectClient, flow_run_id: str | UUID) -
     """Propose Cancelling. Prefect's server turns it into Cancelled for a run that has no
     infrastructure yet (scheduled); a running run is stopped by its worker. Returns the state
     type the run ended up in."""
-    result = await client.set_flow_run_state(UUID(str(flow_run_id)), Cancelling(), force=False)
+    result: OrchestrationResult[Any] = await client.set_flow_run_state(UUID(str(flow_run_id)), Cancelling(),
+                                                                       force=False)
     state = result.state
     if state is None:  # rejected without a state: read back what the run is now
         run = await client.read_flow_run(UUID(str(flow_run_id)))

@@ -1,5 +1,5 @@
 """The job's status: the spec's five values, and how a Prefect flow-run state maps onto them
-(DESIGN.md §4). The one definition the API's answers, its OpenAPI schema and the flows share."""
+(docs/architecture.md). The one definition the API's answers, its OpenAPI schema and the flows share."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ _SPEC_STATE_NAMES: dict[JobStatus, str] = {
 
 
 def status_of(state: State | None) -> JobStatus:
-    """DESIGN.md §4: SCHEDULED/PENDING/Late -> queued; RUNNING/Retrying (and AwaitingRetry,
+    """docs/architecture.md: SCHEDULED/PENDING/Late -> queued; RUNNING/Retrying (and AwaitingRetry,
     PAUSED: the run already started) -> processing; COMPLETED -> completed;
     FAILED/TIMEDOUT -> failed; CANCELLING/CANCELLED -> cancelled.
 

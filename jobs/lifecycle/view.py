@@ -1,5 +1,5 @@
 """Reading a job: the job record (object store) + its flow run's state + the progress artifacts,
-combined per DESIGN.md §4 into the `JobView` that GET /jobs/{id}, the events, cancel and download
+combined per docs/architecture.md into the `JobView` that GET /jobs/{id}, the events, cancel and download
 all start from. api/job_watch.py decides when the parts are read (status is answered from memory).
 """
 

@@ -1,4 +1,4 @@
-"""The model store (issue 5): weights published under `models/{name}/{version}/` of the object
+"""The model store: weights published under `models/{name}/{version}/` of the object
 store with a manifest, cached and verified once per host, checked against free VRAM, and kept
 resident in the worker process. Typical use in the load_weights task:
 

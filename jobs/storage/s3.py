@@ -12,7 +12,8 @@ import io
 import logging
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from types import TracebackType
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import urllib3
 from minio import Minio
@@ -43,7 +44,7 @@ class _CountingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
         self.count += len(data)
         return data
@@ -60,7 +61,7 @@ class _ObjectReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         try:
             data = self._response.read(len(buffer))
         except (Urllib3Error, ConnectionError) as exc:
@@ -144,7 +145,8 @@ class S3Store(ObjectStore):
         bucket, name = self._locate(key)
         reader = _CountingReader(stream)
         with self._errors("put", key):
-            self.client.put_object(bucket, name, reader, length, part_size=PART_SIZE, num_parallel_uploads=1)
+            self.client.put_object(bucket, name, reader, length, part_size=PART_SIZE,  # type: ignore[arg-type]  # minio only calls read(); its BinaryIO annotation is too narrow
+                                   num_parallel_uploads=1)
         return reader.count
 
     def open(self, key: str) -> BinaryIO:
@@ -155,7 +157,7 @@ class S3Store(ObjectStore):
         bucket, name = self._locate(key)
         with self._errors("get", key):
             response = self.client.get_object(bucket, name, offset=offset)
-        return io.BufferedReader(_ObjectReader(response, self.endpoint), buffer_size=1024 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(_ObjectReader(response, self.endpoint), buffer_size=1024 * 1024)
 
     def stat(self, key: str) -> ObjectInfo:
         bucket, name = self._locate(key)
@@ -214,7 +216,8 @@ class _S3Errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         if exc is None:
             return False
         where = f"{self.what} {self.key!r}" if self.key else self.what

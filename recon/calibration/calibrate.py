@@ -1,4 +1,4 @@
-"""Recover the rig variant, the field of view and each view's depth encoding (DESIGN §5).
+"""Recover the rig variant, the field of view and each view's depth encoding (docs/inputs.md).
 
 Why this works: only the true cameras make the six silhouettes agree.
 1. Variant: the visual hull carved from all six masks (72^3 voxels, 96 px masks) re-projects onto
@@ -114,6 +114,7 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
         for v in groups[tuple(round(x, 5) for x in ious_by_variant[c.variant])]:
             contenders.append(_Candidate(v, c.fov, c.rim, c.residual, c.fits))
     for c in contenders:
+        assert c.fits is not None  # every contender is built with its fits above
         c.photo = photo_error(inputs, rig_cameras(c.fov, w, h, c.variant), c.fits) if len(contenders) > 1 else 0.0
     best = min(contenders, key=lambda c: (round(c.photo, 3), round(c.residual, 4), _deviations(c.variant)))
     cams = rig_cameras(best.fov, w, h, best.variant)
@@ -524,7 +525,7 @@ def depth_polarity(samples: list[_Samples], span: float) -> int:
     One client's depth maps come from one renderer, so they share a convention. Deciding it
     from all views together settles views whose own evidence is weak, such as a top view that
     mostly sees into a cavity no other view sees (either sign then fits its hull a little).
-    Bright = near (DESIGN §5's usual case) wins a tie.
+    Bright = near (the usual case, docs/inputs.md) wins a tie.
     """
     total = {-1: 0.0, 1: 0.0}
     for smp in samples:
@@ -620,7 +621,7 @@ def _result(inputs: Inputs, cand: _Candidate, cams: list[Camera], scores: dict) 
     for raw, fit, mask in zip(inputs.depth_raw, cand.fits or [], inputs.masks):
         metric = np.where(trusted_depth(raw, mask), fit["scale"] * raw + fit["offset"], 0.0).astype(np.float32)
         depths.append(np.where(metric > 0, metric, 0.0).astype(np.float32))
-    if len(depths) != len(SLOTS):
+    if cand.fits is None or len(depths) != len(SLOTS):  # no fits: no depths, so the same failure
         raise ValidationFailed("Depth maps could not be fitted to the silhouettes", field="depth_renders")
     return Calibration(
         variant=cand.variant,

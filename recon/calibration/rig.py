@@ -1,4 +1,4 @@
-"""The six-view camera rig (DESIGN.md §5) and the pinhole cameras built from it.
+"""The six-view camera rig (docs/inputs.md) and the pinhole cameras built from it.
 
 Conventions used everywhere in `recon`:
 - World: object at the origin, +Y up, the object's front faces +Z.

@@ -17,7 +17,8 @@ from recon.engines.nvdiffrec.config import NvdiffrecConfig
 from recon.engines.reconviagen import ReconViaGenConfig
 from recon.errors import ModelFailed
 
-ENGINE_CONFIGS: dict[str, type[EngineConfig]] = {
+# The concrete configs (every field has a default, so each builds with no arguments).
+ENGINE_CONFIGS: dict[str, type[FusionConfig] | type[NvdiffrecConfig] | type[ReconViaGenConfig]] = {
     cls.name: cls for cls in (FusionConfig, NvdiffrecConfig, ReconViaGenConfig)
 }
 

@@ -43,9 +43,12 @@ class EngineConfig(BaseModel):
 class Engine(Protocol):
     """An engine built for one resolved device ("cpu", "cuda" or "cuda:N")."""
 
-    config: EngineConfig
     device: str
     weights: tuple[str, str] | None  # (name, version) in the model store, if it has weights
+
+    @property
+    def config(self) -> EngineConfig:
+        """Read-only here, so that an engine may declare its own config subclass."""
 
     @property
     def name(self) -> str: ...

@@ -17,7 +17,7 @@ import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from pydantic import Field
@@ -109,10 +109,11 @@ def load_generated_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray 
     PLY, OBJ): for meshes generated elsewhere, e.g. by the upstream demo on another host."""
     import trimesh
 
-    mesh = trimesh.load(path, force="mesh", process=False)
+    mesh = cast(trimesh.Trimesh, trimesh.load(path, force="mesh", process=False))  # force="mesh": a Trimesh
     colours = None
     if getattr(mesh.visual, "kind", None) == "vertex":
-        colours = np.asarray(mesh.visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
+        visual = cast(trimesh.visual.ColorVisuals, mesh.visual)  # only colour visuals are of kind "vertex"
+        colours = np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
     return np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64), colours
 
 

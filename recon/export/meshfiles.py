@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import trimesh
@@ -91,7 +91,9 @@ def _external_images(tree: dict[str, Any], blob: bytes) -> bytes:
     for img in tree.get("images", []):
         img.pop("mimeType", None)
         img["uri"] = TEXTURE_FILE
-    kept, renumber, packed = [], {}, bytearray()
+    kept: list[dict[str, Any]] = []
+    renumber: dict[int, int] = {}
+    packed = bytearray()
     for index, view in enumerate(views):
         if index in image_views:
             continue
@@ -139,14 +141,14 @@ def _write_ply(mesh: TexturedMesh, image: Image.Image, out: Path) -> list[Path]:
     colours = np.rint(sample_texture(mesh.texture[..., :3], mesh.uv)).astype(np.uint8)
     rgba = np.concatenate([colours, np.full((len(colours), 1), 255, np.uint8)], axis=1)
     coloured = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=rgba, process=False)
-    (out / "mesh.ply").write_bytes(coloured.export(file_type="ply", encoding="binary"))
+    (out / "mesh.ply").write_bytes(cast(bytes, coloured.export(file_type="ply", encoding="binary")))  # binary PLY
     return [out / "mesh.ply"]
 
 
 def _write_stl(mesh: TexturedMesh, image: Image.Image, out: Path) -> list[Path]:
     """Geometry only (STL has no colour): for printing and CAD tools."""
     plain = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-    (out / "mesh.stl").write_bytes(plain.export(file_type="stl"))
+    (out / "mesh.stl").write_bytes(cast(bytes, plain.export(file_type="stl")))  # binary STL
     return [out / "mesh.stl"]
 
 

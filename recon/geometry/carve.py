@@ -1,4 +1,4 @@
-"""Geometry: the depth-carved visual hull as a signed field, meshed by marching cubes (DESIGN §6.3).
+"""Geometry: the depth-carved visual hull as a signed field, meshed by marching cubes (docs/engines.md).
 
 Each view says a point is outside the object if it projects outside the silhouette or lies in
 front of the observed depth. Both are signed distances in world units (the silhouette's image
@@ -173,7 +173,7 @@ class SignedField:
     depth observes (where the depth is smooth, i.e. reliable): a wall of no thickness seen from
     both sides is carved from both sides by the hull and would leave nothing marching cubes can
     sample, and a view looking into an opening carves the space just inside walls that other
-    views see from outside. The slabs keep every observed surface (DESIGN §6: no carving may
+    views see from outside. The slabs keep every observed surface (docs/engines.md: no carving may
     remove a surface that some view's depth observes) at a thickness the grid resolves; on solid
     parts they lie inside the hull and change nothing.
     """

@@ -1,4 +1,4 @@
-"""Decode the uploaded PNGs into `Inputs`: float images, object masks, raw depth maps (DESIGN §5).
+"""Decode the uploaded PNGs into `Inputs`: float images, object masks, raw depth maps (docs/inputs.md).
 
 Every failure is a typed `ReconError` whose details name the field ("views", "depth_renders",
 "transforms") and the file, because the service shows these messages to the client as they are.

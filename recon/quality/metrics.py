@@ -190,6 +190,7 @@ def quality_report(
         k = max(1, int(supersample))
         view = render_mesh(backend, camera.at_resolution(width * k, height * k), mesh.vertices,
                            mesh.faces, mesh.uv, mesh.texture)
+        assert view.color is not None  # a TexturedMesh always has uv and a texture
         colour = block_mean(view.color, k)
         rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
         if gains is not None:  # the texture is normalised; this view's exposure/white balance

@@ -1,4 +1,4 @@
-"""Rendering through one interface with two backends (DESIGN.md §6).
+"""Rendering through one interface with two backends (docs/engines.md).
 
 `get_backend("auto")` picks nvdiffrast when torch can use CUDA, else the CPU (Embree) backend.
 High-level helpers (render a TexturedMesh into cameras: colour, mask, depth, normals, face ids)

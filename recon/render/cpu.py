@@ -64,7 +64,7 @@ def _nearest_triangle(
     TriangleMesh(scene=scene, vertices=scene_vertices.astype(np.float32), indices=tri.astype(np.int32))
     xs, ys = _pixel_centres_ndc(height, width)
     rect_w, rect_h = c1 - c0 + 1, r1 - r0 + 1
-    origins = np.empty((rect_h, rect_w, 3), dtype=np.float32)
+    origins: np.ndarray = np.empty((rect_h, rect_w, 3), dtype=np.float32)
     origins[..., 0] = xs[None, c0 : c1 + 1]
     origins[..., 1] = ys[r0 : r1 + 1, None]
     origins[..., 2] = -1.0

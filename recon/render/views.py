@@ -37,7 +37,7 @@ class RenderedView:
     depth: np.ndarray
     face_id: np.ndarray
     normal: np.ndarray
-    barycentric: np.ndarray | None = None
+    barycentric: np.ndarray
 
 
 def clip_positions(camera: Camera, vertices: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 A case is a mesh with a seeded procedural colour (a 3D solid texture evaluated on the surface, so
 no UV atlas is involved and the truth is exact), rendered into the rig the way a real client's
-data arrives (DESIGN.md §5): RGB on white without alpha, 8-bit depth with 0 = background and an
+data arrives (docs/inputs.md): RGB on white without alpha, 8-bit depth with 0 = background and an
 unknown per-view affine encoding (bright = near), at a field of view and camera distance the
 pipeline is not told, optionally with a rig variant and views named only by upload order.
 Novel views between the rig's axes measure what the six inputs do not show directly.
@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ def normalise(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 def load_test_mesh(name: str) -> trimesh.Trimesh:
     """A normalised test mesh: spot, fish, penguin (samples/meshes) or cup, sphere, box."""
     if name in MESH_FILES:
-        mesh = trimesh.load(MESH_DIR / MESH_FILES[name], process=False, force="mesh")
+        mesh = cast(trimesh.Trimesh, trimesh.load(MESH_DIR / MESH_FILES[name], process=False, force="mesh"))
         mesh = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)
         yaw = math.radians(FACING_YAW.get(name, 0.0))
         mesh.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 1, 0]))

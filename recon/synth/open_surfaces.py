@@ -1,4 +1,4 @@
-"""Open and thin test meshes: what real uploads look like (DESIGN.md §5) and closed meshes never test.
+"""Open and thin test meshes: what real uploads look like (docs/inputs.md) and closed meshes never test.
 
 Real objects have openings whose inside one view sees (a scan cut off at the neck, a shoe, a
 bowl) and walls of no thickness seen from both sides (cloth, leaves). Each generator returns a
@@ -15,6 +15,7 @@ and both sides of a sheet are visible.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -92,7 +93,7 @@ def leaf_sheet(n_u: int = 120, n_v: int = 48) -> trimesh.Trimesh:
 
 
 OPEN_CASES: dict[str, Callable[[], trimesh.Trimesh]] = {
-    **{name: (lambda cut=cut: cut_open(cut[0], cut[1], cut[2])) for name, cut in _CUTS.items()},
+    **{name: functools.partial(cut_open, cut[0], cut[1], cut[2]) for name, cut in _CUTS.items()},
     "bowl-thin": thin_bowl,
     "sheet": leaf_sheet,
 }

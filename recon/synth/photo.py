@@ -1,6 +1,6 @@
 """Synthetic cases rendered as studio photographs rather than clean albedo renders.
 
-Real product shots break what clean renders never exercise (DESIGN.md §5 inputs, issue "Reconstruction
+Real product shots break what clean renders never exercise (docs/inputs.md, "Reconstruction
 that holds on real inputs"): each photo has its own exposure, white balance and key light (Lambert
 shading baked in), an off-white uneven background with a soft contact shadow, no alpha, mild blur
 and noise; the photographer re-frames every shot (the camera turned off the rig by up to ~2 deg and

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import trimesh
@@ -46,7 +47,8 @@ def truth_calibration(inputs: Inputs, truth: dict) -> Calibration:
 
 
 def truth_mesh(case_dir: Path, truth: dict) -> trimesh.Trimesh:
-    return trimesh.load(case_dir / truth["mesh"], process=False)
+    # truth["mesh"] is a PLY with faces, which trimesh always loads as a Trimesh
+    return cast(trimesh.Trimesh, trimesh.load(case_dir / truth["mesh"], process=False))
 
 
 def baked(mesh: trimesh.Trimesh, inputs: Inputs, calibration: Calibration,

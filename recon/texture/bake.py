@@ -260,7 +260,7 @@ def bake_colors(
 
     image = np.zeros((size * size, 3), dtype=np.float32)
     image[raster.texel] = colors
-    covered = np.zeros(size * size, dtype=bool)
+    covered: np.ndarray = np.zeros(size * size, dtype=bool)
     covered[raster.texel] = True
     seen_map = np.zeros(size * size, dtype=bool)
     seen_map[raster.texel[seen]] = True

@@ -30,7 +30,7 @@ def solve_gains(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_poin
         ok = (colour > DARK).all(axis=1) & (colour < BRIGHT).all(axis=1) & (weight > 0)
         logs.append((idx[ok], np.log(colour[ok]), weight[ok]))
     seen = sum(np.bincount(idx, minlength=n_points) for idx, _, _ in logs)
-    shared = seen >= 2
+    shared = np.asarray(seen) >= 2  # seen is the int 0 only when there are no views
     logs = [(idx[shared[idx]], lc[shared[idx]], w[shared[idx]]) for idx, lc, w in logs]
     log_gain = np.zeros((n_views, 3))
     if not any(len(idx) for idx, _, _ in logs):

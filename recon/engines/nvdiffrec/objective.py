@@ -105,15 +105,16 @@ def outline_pull(problem: Problem, welded: torch.Tensor, hit: torch.Tensor, resi
         a, d, normal, edges = a[outer], d[outer], normal[outer], edges[outer]
         centre = pick.flip(1).to(a.dtype) + 0.5  # (x, y)
         with torch.no_grad():  # nearest edge per pixel, in chunks of about 4M pairs
-            best, nearest = [], []
+            best_parts: list[torch.Tensor] = []
+            nearest_parts: list[torch.Tensor] = []
             step = max(1, 4_000_000 // len(a))
             for lo in range(0, len(centre), step):
                 rel = centre[lo:lo + step, None] - a[None]  # [P,E,2]
                 t = ((rel * d[None]).sum(-1) / (d * d).sum(-1)[None]).clamp(0.0, 1.0)
                 dist, index = (rel - t[..., None] * d[None]).norm(dim=-1).min(dim=1)
-                best.append(dist)
-                nearest.append(index)
-            best, nearest = torch.cat(best), torch.cat(nearest)
+                best_parts.append(dist)
+                nearest_parts.append(index)
+            best, nearest = torch.cat(best_parts), torch.cat(nearest_parts)
             near = best < 2.0
         if not near.any():
             continue
