@@ -283,6 +283,33 @@ def write_novel_and_truth_mesh(
     return novel
 
 
+NOTE = "world units of the synthetic scene; the pipeline's frame is scaled by camera_distance(fov_estimate) / distance"
+
+
+def check_naming(naming: str) -> None:
+    if naming not in ("slots", "order"):
+        raise ValueError("naming must be 'slots' or 'order'")
+
+
+def case_file_names(slot: str, index: int, naming: str) -> tuple[str, str]:
+    """(view, depth) file names of the view at `index`: named by slot, or by upload order."""
+    if naming == "slots":
+        return f"{slot}.png", f"{slot}.png"
+    return f"view{index + 1}.png", f"depth{index + 1}.png"
+
+
+def truth_record(mesh: trimesh.Trimesh, *, fov_deg: float, distance: float, variant: RigVariant, view_res: int,
+                 depth_res: int, naming: str, seed: int, supersample: int, views: list[dict], novel: list[dict],
+                 extra: dict | None = None, note: str = "") -> dict:
+    """truth.json of a rendered case (what bench/quality.py reads); `extra` keys go before the note."""
+    return {
+        "fov_deg": fov_deg, "distance": distance, "variant": variant.to_dict(), "variant_name": variant.name,
+        "view_res": view_res, "depth_res": depth_res, "naming": naming, "seed": seed, "supersample": supersample,
+        "bbox_diagonal": float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])),
+        "views": views, "novel": novel, "mesh": "truth_mesh.ply", **(extra or {}), "note": NOTE + note,
+    }
+
+
 def render_case(
     mesh: trimesh.Trimesh,
     out_dir: Path | str,
@@ -305,8 +332,7 @@ def render_case(
     field of view follow from the images' metadata. naming="slots" writes front.png ...;
     naming="order" writes view1.png ... / depth1.png ... in SLOTS order. Returns truth.json.
     """
-    if naming not in ("slots", "order"):
-        raise ValueError("naming must be 'slots' or 'order'")
+    check_naming(naming)
     out = Path(out_dir)
     backend = backend or get_backend("cpu")
     rng = np.random.default_rng(seed)
@@ -315,8 +341,7 @@ def render_case(
     cams = rig_cameras(fov_deg, view_res, view_res, variant=variant, distance=distance)
     views = []
     for i, cam in enumerate(cams):
-        view_name = f"{cam.slot}.png" if naming == "slots" else f"view{i + 1}.png"
-        depth_name = f"{cam.slot}.png" if naming == "slots" else f"depth{i + 1}.png"
+        view_name, depth_name = case_file_names(cam.slot, i, naming)
         _save_png(out / "views" / view_name, render_albedo(backend, cam, mesh, texture, supersample))
         depth = render_depth(backend, cam.at_resolution(depth_res, depth_res), mesh)
         encoded, encoding = encode_depth(depth, rng)
@@ -327,23 +352,9 @@ def render_case(
         )
     novel = write_novel_and_truth_mesh(backend, out, mesh, texture, fov_deg, novel_res or view_res,
                                        distance, novel_views, supersample)
-    truth = {
-        "fov_deg": fov_deg,
-        "distance": distance,
-        "variant": variant.to_dict(),
-        "variant_name": variant.name,
-        "view_res": view_res,
-        "depth_res": depth_res,
-        "naming": naming,
-        "seed": seed,
-        "supersample": supersample,
-        "bbox_diagonal": float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])),
-        "views": views,
-        "novel": novel,
-        "mesh": "truth_mesh.ply",
-        "note": "world units of the synthetic scene; the pipeline's frame is scaled by "
-        "camera_distance(fov_estimate) / distance",
-    }
+    truth = truth_record(mesh, fov_deg=fov_deg, distance=distance, variant=variant, view_res=view_res,
+                         depth_res=depth_res, naming=naming, seed=seed, supersample=supersample,
+                         views=views, novel=novel)
     (out / "truth.json").write_text(json.dumps(truth, indent=1))
     return truth
 

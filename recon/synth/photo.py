@@ -33,11 +33,14 @@ from recon.synth.cases import (
     SolidTexture,
     _parse_variant,
     _save_png,
+    case_file_names,
+    check_naming,
     encode_depth,
     load_test_mesh,
     render_coverage,
     render_depth,
     safe_distance,
+    truth_record,
     write_novel_and_truth_mesh,
 )
 
@@ -159,8 +162,7 @@ def render_photo_case(
     `strength` scales every perturbation (0: clean albedo on a grey background, nominal cameras,
     no blur/noise; 1: the studio case). Returns truth.json.
     """
-    if naming not in ("slots", "order"):
-        raise ValueError("naming must be 'slots' or 'order'")
+    check_naming(naming)
     out = Path(out_dir)
     backend = backend or get_backend("cpu")
     rng = np.random.default_rng([seed, 7])
@@ -170,8 +172,7 @@ def render_photo_case(
     views = []
     for i, nominal in enumerate(rig_cameras(fov_deg, view_res, view_res, variant=variant, distance=distance)):
         cam, framing = reframed_camera(nominal, rng, strength)
-        view_name = f"{cam.slot}.png" if naming == "slots" else f"view{i + 1}.png"
-        depth_name = f"{cam.slot}.png" if naming == "slots" else f"depth{i + 1}.png"
+        view_name, depth_name = case_file_names(cam.slot, i, naming)
         image, photo = photograph(backend, cam, mesh, texture, rng, strength, supersample)
         _save_png(out / "views" / view_name, image)
         depth, encoding = depth_photo(backend, cam.at_resolution(depth_res, depth_res), depth_mesh, rng, strength)
@@ -183,17 +184,10 @@ def render_photo_case(
         )
     novel = write_novel_and_truth_mesh(backend, out, mesh, texture, fov_deg, novel_res or view_res,
                                        distance, novel_views, supersample)
-    truth = {
-        "fov_deg": fov_deg, "distance": distance, "variant": variant.to_dict(),
-        "variant_name": variant.name, "view_res": view_res, "depth_res": depth_res,
-        "naming": naming, "seed": seed, "supersample": supersample,
-        "bbox_diagonal": float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])),
-        "views": views, "novel": novel, "mesh": "truth_mesh.ply",
-        "photo": {"strength": strength, "depth_mesh": "taubin-smoothed truth"},
-        "note": "world units of the synthetic scene; the pipeline's frame is scaled by "
-        "camera_distance(fov_estimate) / distance; fov_deg is the nominal rig's, each view's "
-        "camera is the true (re-framed) one",
-    }
+    truth = truth_record(mesh, fov_deg=fov_deg, distance=distance, variant=variant, view_res=view_res,
+                         depth_res=depth_res, naming=naming, seed=seed, supersample=supersample, views=views,
+                         novel=novel, extra={"photo": {"strength": strength, "depth_mesh": "taubin-smoothed truth"}},
+                         note="; fov_deg is the nominal rig's, each view's camera is the true (re-framed) one")
     (out / "truth.json").write_text(json.dumps(truth, indent=1))
     return truth
 
