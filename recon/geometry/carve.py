@@ -175,7 +175,9 @@ class SignedField:
     sample, and a view looking into an opening carves the space just inside walls that other
     views see from outside. The slabs keep every observed surface (docs/engines.md: no carving may
     remove a surface that some view's depth observes) at a thickness the grid resolves; on solid
-    parts they lie inside the hull and change nothing.
+    parts they lie inside the hull and change nothing. A slab starts at the observed depth itself
+    (not at the carving's slack in front of it) and reaches at most a voxel past any silhouette,
+    so where views nearly agree it adds no fat to the surface they carve.
     """
 
     def __init__(self, inputs: Inputs, calibration: Calibration, shell: float = 0.0) -> None:
@@ -211,6 +213,7 @@ class SignedField:
     def _eval(self, pts: np.ndarray) -> np.ndarray:
         pts = pts.astype(np.float32, copy=False)
         field = np.full(len(pts), -np.inf, np.float32)
+        silhouettes = np.full(len(pts), -np.inf, np.float32)
         shell = np.full(len(pts), np.inf, np.float32)
         half = np.float32(self.shell / 2)
         for cam, sdf, dcam, depth in zip(self.sil_cams, self.sil_sdf, self.depth_cams, self.depths):
@@ -219,14 +222,19 @@ class SignedField:
             px, py = to_pixels(cam, xn, yn)
             sil = _nearest(sdf, px, py, outside=np.float32(1e3))
             sil *= np.maximum(z, np.float32(1e-3)) / np.float32(cam.focal)
-            np.maximum(field, sil, out=field)
+            np.maximum(silhouettes, sil, out=silhouettes)
             dx, dy = to_pixels(dcam, xn, yn)
             front, surface = depth.sample(dx, dy)
             np.fmax(field, front - z, out=field)  # > 0: in front of the visible surface; NaN never wins
             if half > 0:
                 # distance to the slab [surface, surface + shell] behind the observed surface
                 np.fmin(shell, np.abs(z - surface - half) - half, out=shell)  # NaN: no smooth depth
-        return np.minimum(field, shell) if half > 0 else field
+        np.maximum(field, silhouettes, out=field)
+        if half <= 0:
+            return field
+        # a wall or an opening's inside lies within every silhouette; a slab reaching past one
+        # by more than a voxel (a sheet seen edge-on needs that much) would undo its edge placement
+        return np.minimum(field, np.maximum(shell, silhouettes - np.float32(self.shell)))
 
 
 def _silhouette_sdf(mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -320,7 +328,7 @@ class _DepthCells:
         bil -= self.slack
         out = np.where(smooth, bil, self.nearest.reshape(-1)[cell] - self.slack)
         out[~inb] = np.nan
-        return out, np.where(smooth, bil, np.float32(np.nan))
+        return out, np.where(smooth, bil + self.slack, np.float32(np.nan))
 
 
 def _sample_coarse_to_fine(field: SignedField, lo: np.ndarray, hi: np.ndarray, resolution: int,
