@@ -11,13 +11,18 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
+# Points per closest-point query: trimesh gathers candidate triangles for every point of a query
+# at once, and for points far from a fragmented mesh those sets are large (memory grows with both).
+QUERY_CHUNK = 1000
+
 
 def surface_distances(source: trimesh.Trimesh, target: trimesh.Trimesh, count: int,
                       seed: int = 0) -> np.ndarray:
     """Distances from `count` points sampled uniformly on `source` to the surface of `target`."""
     points, _ = trimesh.sample.sample_surface(source, count, seed=seed)
-    _, distances, _ = trimesh.proximity.closest_point(target, points)
-    return np.asarray(distances, dtype=np.float64)
+    distances = [trimesh.proximity.closest_point(target, points[start:start + QUERY_CHUNK])[1]
+                 for start in range(0, len(points), QUERY_CHUNK)]
+    return np.concatenate(distances).astype(np.float64) if distances else np.zeros(0)
 
 
 def chamfer_fscore(mesh: trimesh.Trimesh, truth: trimesh.Trimesh, *, samples: int = 20_000,
