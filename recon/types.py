@@ -54,7 +54,8 @@ class Calibration:
 
     cameras are at image resolution, depth_cameras the same poses at depth resolution.
     depths: (h, w) float32 metric z-depth in the rig's world units, 0 where unknown.
-    depth_fit: per view {"scale", "offset", "residual", "inliers"} with depth = scale * raw + offset.
+    depth_fit: per view {"scale", "offset", "residual", "inliers", "hull_violation", "refit"} with
+    depth = scale * raw + offset ("refit": the hull alone left the scale flat, cross-view agreement chose it).
     """
 
     variant: RigVariant

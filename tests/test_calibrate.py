@@ -68,6 +68,21 @@ def test_cup_top_view_depth_is_fitted_although_only_it_sees_the_cavity(tmp_path:
     _assert_depth_scales(cal, truth, rel=0.05)
 
 
+def test_view_into_a_zero_thickness_bowl_is_not_fitted_flat(tmp_path: Path) -> None:
+    """The view into a bowl whose wall has no thickness sees nothing the hull pins: every ray
+    enters the hull at its flat cap, and the hull fit came out flat (scale 0: a lid over the
+    opening). Its scale must come out as the others' do, from agreement with the side views."""
+    from recon.synth.open_surfaces import load_open_mesh
+
+    variant = RigVariant(swap_lr=True, swap_tb=True, flip_bottom=True)
+    truth = render_case(load_open_mesh("bowl-thin"), tmp_path, fov_deg=52.0, view_res=256, depth_res=128,
+                        variant=variant, novel_views=0, seed=53)
+    cal = calibrate(_inputs(tmp_path))
+    assert cal.variant == variant and abs(cal.fov_deg - 52.0) < 2.0
+    assert any(fit["refit"] for fit in cal.depth_fit)
+    _assert_depth_scales(cal, truth, rel=0.1)
+
+
 def test_known_cameras_skip_the_search(spot_case: tuple[Path, dict], tmp_path: Path) -> None:
     case, truth = spot_case
     frames = [{"file_path": view["view"], "transform_matrix": view["camera"]["c2w"]}

@@ -13,6 +13,8 @@ Why this works: only the true cameras make the six silhouettes agree.
    brackets the surface; `fit_depths` fits each view to those brackets (`fit_interval`): the
    surface is never in front of the hull, often far behind it (concavities, rounded flanks),
    and exactly on it at the pixels the hull pins (contours, rims), which fix scale and offset.
+   A view that sees nothing pinned (into a thin-walled opening) fits flat onto the hull's cap;
+   its scale is then the one that best agrees with the depths of the neighbouring views.
 4. Shape-symmetric objects leave variants tied; colours at surface points two views share settle
    them (`photo_error`), then depth agreement, then the fewest deviations from the nominal rig.
 """
@@ -48,6 +50,11 @@ SEARCH_REACH = 1.6  # rays are searched this many frame half-sizes either side o
 HULL_CAP = 0.05  # (x the hull's depth span) beyond this, being behind the hull costs no more
 INTERVAL_PULL = 0.02  # fit_interval's pull toward the hull entry, per unit of a violation
 AGREEMENT_TOL = 0.01  # (x the hull's depth span) depth differences beyond this are occlusions
+# A view whose hull fit has a scale below this share of the other views' median sees nothing the
+# hull pins (the inside of a thin-walled bowl: its fit collapses onto the hull's flat cap); its
+# scale is then searched within REFIT_SCALES of that median for the most cross-view agreement.
+FLAT_FIT_SHARE = 0.25
+REFIT_SCALES = (0.5, 2.0, 31)  # lowest and highest factor of the median, grid points
 
 
 @dataclass
@@ -487,8 +494,9 @@ def fit_depths(samples: list[_Samples], cams: list[Camera],
         f = fit_interval(smp.raw, smp.hull, smp.exit, sign, span)
         e = f["scale"] * smp.raw + f["offset"] - smp.hull
         fits.append({"scale": f["scale"], "offset": f["offset"],
-                     "hull_violation": float(np.mean(e < -0.01 * span))})
+                     "hull_violation": float(np.mean(e < -0.01 * span)), "refit": False})
     tol = AGREEMENT_TOL * span
+    _refit_flat_views(samples, fits, cams, depth_raw, sign, span, tol)
     residuals = []
     for k, (smp, fit) in enumerate(zip(samples, fits)):
         diffs = _agreement(smp, k, fit, fits, cams, depth_raw, tol)
@@ -496,6 +504,37 @@ def fit_depths(samples: list[_Samples], cams: list[Camera],
         fit["inliers"] = float(diffs.size / max(smp.raw.size, 1))
         residuals.append(fit["residual"] / span if diffs.size else 1.0)
     return fits, float(np.mean(residuals))
+
+
+def _refit_flat_views(samples: list[_Samples], fits: list[dict[str, float]], cams: list[Camera],
+                      depth_raw: list[np.ndarray], sign: int, span: float, tol: float) -> None:
+    """Refit, in place, the views whose hull fit came out flat (FLAT_FIT_SHARE).
+
+    Such a view looks into an opening whose walls have no thickness: every ray enters the hull
+    at its cap, and a flat fit onto the cap costs less than the true one, which lies far behind
+    it. Those walls are the ones the other views see from outside, so among scales near the
+    others' (one client's depth maps share an encoding's range roughly) the true one makes the
+    most of this view's points land on surfaces the neighbouring views observe. Each candidate
+    scale gets its best offset against the hull (`_best_offsets`), as in `fit_interval`.
+    """
+    mags = np.array([abs(f["scale"]) for f in fits])
+    for k, (smp, fit) in enumerate(zip(samples, fits)):
+        others = np.delete(mags, k)
+        reference = float(np.median(others[others > 0])) if (others > 0).any() else 0.0
+        if reference == 0.0 or mags[k] >= FLAT_FIT_SHARE * reference or smp.raw.size < 3 or np.ptp(smp.raw) == 0:
+            continue
+        low, high, count = REFIT_SCALES
+        scales = sign * reference * np.linspace(low, high, int(count))
+        _, offsets = _best_offsets(scales, smp.raw, smp.hull, smp.exit, HULL_CAP * span)
+        agreeing = [_agreement(smp, k, {"scale": float(a), "offset": float(b)}, fits, cams, depth_raw, tol).size
+                    for a, b in zip(scales, offsets)]
+        best = int(np.argmax(agreeing))
+        if agreeing[best] == 0:
+            continue
+        fit["scale"], fit["offset"] = float(scales[best]), float(offsets[best])
+        fit["refit"] = True
+        e = fit["scale"] * smp.raw + fit["offset"] - smp.hull
+        fit["hull_violation"] = float(np.mean(e < -0.01 * span))
 
 
 def _agreement(smp: _Samples, k: int, fit: dict[str, float], fits: list[dict[str, float]],
