@@ -492,9 +492,8 @@ def fit_depths(samples: list[_Samples], cams: list[Camera],
     fits = []
     for smp in samples:
         f = fit_interval(smp.raw, smp.hull, smp.exit, sign, span)
-        e = f["scale"] * smp.raw + f["offset"] - smp.hull
-        fits.append({"scale": f["scale"], "offset": f["offset"],
-                     "hull_violation": float(np.mean(e < -0.01 * span)), "refit": False})
+        fits.append({"scale": f["scale"], "offset": f["offset"], "refit": False})
+        fits[-1]["hull_violation"] = _hull_violation(smp, fits[-1], span)
     tol = AGREEMENT_TOL * span
     _refit_flat_views(samples, fits, cams, depth_raw, sign, span, tol)
     residuals = []
@@ -533,8 +532,12 @@ def _refit_flat_views(samples: list[_Samples], fits: list[dict[str, float]], cam
             continue
         fit["scale"], fit["offset"] = float(scales[best]), float(offsets[best])
         fit["refit"] = True
-        e = fit["scale"] * smp.raw + fit["offset"] - smp.hull
-        fit["hull_violation"] = float(np.mean(e < -0.01 * span))
+        fit["hull_violation"] = _hull_violation(smp, fit, span)
+
+
+def _hull_violation(smp: _Samples, fit: dict[str, float], span: float) -> float:
+    """Share of a view's sampled depths that the fit puts in front of the hull (beyond 1 %)."""
+    return float(np.mean(fit["scale"] * smp.raw + fit["offset"] - smp.hull < -0.01 * span))
 
 
 def _agreement(smp: _Samples, k: int, fit: dict[str, float], fits: list[dict[str, float]],
