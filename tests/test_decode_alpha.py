@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from recon.calibration.calibrate import _subpixel_contour
 from recon.calibration.rig import SLOTS
+from recon.calibration.rim import subpixel_contour
 from recon.inputs.decode import decode_inputs
 from recon.quality.metrics import composite_over_white
 
@@ -84,7 +84,7 @@ def test_opaque_alpha_is_ignored(tmp_path: Path) -> None:
         assert (inputs.masks[k] != truth).sum() <= 0.15 * truth.sum()
 
 
-def test_alpha_places_the_subpixel_contour(tmp_path: Path) -> None:
+def test_alpha_places_thesubpixel_contour(tmp_path: Path) -> None:
     """Calibration's sub-pixel contour: from alpha it lies on the true circle; from colour over
     clutter it cannot (the background has no one colour)."""
     views, depths, covers = _write_case(tmp_path)
@@ -98,7 +98,7 @@ def test_alpha_places_the_subpixel_contour(tmp_path: Path) -> None:
     centre = np.array([0.5 * RES, 0.35 * RES])  # (row, col) of view 0's disc
 
     def radial_error(alpha: np.ndarray | None) -> float:
-        _, (ri, rj) = _subpixel_contour(inputs.images[k], mask, sdf.copy(), ii, jj, alpha=alpha)
+        _, (ri, rj) = subpixel_contour(inputs.images[k], mask, sdf.copy(), ii, jj, alpha=alpha)
         radius = np.hypot(ri + 0.5 - centre[0], rj + 0.5 - centre[1])
         return float(np.abs(radius - RADIUS * RES).mean())
 

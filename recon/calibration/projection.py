@@ -38,3 +38,12 @@ def frame_half_size(cams: list[Camera]) -> float:
     """Half the height the cameras' frames span at the origin (1 for the rig by construction;
     uploaded cameras may use any unit), used to size search ranges and grids."""
     return float(np.mean([np.linalg.norm(c.position) * np.tan(np.radians(c.fov_deg) / 2) for c in cams]))
+
+
+def pixel_rays(cam: Camera, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
+    """World directions through pixels (row ii, column jj; centres at +0.5), scaled to unit
+    z-depth, so `position + z * ray` is the point at z-depth z."""
+    f = cam.focal
+    d = np.stack([(jj + 0.5 - cam.width / 2) / f, -(ii + 0.5 - cam.height / 2) / f,
+                  -np.ones(ii.size)], 1)
+    return (d @ cam.c2w[:3, :3].T).astype(np.float32)
