@@ -8,6 +8,8 @@ Why this works: only the true cameras make the six silhouettes agree.
 2. Field of view (= camera distance, since the frame is fixed to [-1, 1] at the origin): with a
    wrong one the silhouette cones bend, so rays through a silhouette's edge pixels miss the hull
    of the other views. `RimScorer` measures by how much (smooth in fov), on <= 1024 px masks.
+   Photos (the rim still misses at the best fov): each view gets a small turn and zoom, and
+   the fov is searched again with the views registered (register.py).
 3. Depth: every raw depth map is affine in the true z-depth, with one polarity (bright = near or
    far) shared by all views. Along each pixel's ray the exact visual hull of the other views
    brackets the surface; `fit_depths` fits each view to those brackets (`fit_interval`): the
@@ -23,12 +25,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
 from recon.calibration.projection import frame_half_size, pixel_rays, project_points
+from recon.calibration.register import REGISTER_BELOW, Registration, register_views
 from recon.calibration.rig import ALL_VARIANTS, SLOTS, Camera, RigVariant, rig_cameras
 from recon.calibration.rim import SEARCH_REACH, RimScorer
 from recon.calibration.silhouettes import dilate3, downsample_mask, erode3
@@ -44,6 +47,7 @@ VARIANT_MARGIN = 0.01  # variants within this IoU of the best get a full fov sea
 COARSE_FOVS = tuple(float(f) for f in range(24, 68, 4))
 RIM_TIE = 0.0005  # finalists this close in rim score (world units) are told apart by depth
 MAX_FINALISTS = 4  # groups of shape-equivalent variants that get a fov search
+MAX_REGISTERED = 2  # finalists (best rim first) registered when the views are off the rig
 FOV_RANGE = (15.0, 90.0)
 HULL_CAP = 0.05  # (x the hull's depth span) beyond this, being behind the hull costs no more
 INTERVAL_PULL = 0.02  # fit_interval's pull toward the hull entry, per unit of a violation
@@ -63,6 +67,12 @@ class _Candidate:
     residual: float = math.nan
     fits: list[dict[str, float]] | None = None
     photo: float = math.nan  # photo_error of the cameras with these fits
+    registration: Registration | None = None  # each view's re-framing (photos), None on the rig
+
+    def cameras(self, width: int, height: int) -> list[Camera]:
+        if self.registration is None:
+            return rig_cameras(self.fov, width, height, self.variant)
+        return replace(self.registration, variant=self.variant).cameras(width, height)
 
 
 def _deviations(variant: RigVariant) -> int:
@@ -107,6 +117,13 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
         start = max(COARSE_FOVS, key=lambda fov: scorer.variant_ious(fov, [v])[v])
         finalists.append(_refine_fov(rim, w, h, v, float(start), hooks))
         hooks.progress(0.3 + 0.5 * (k + 1) / len(representatives), "calibration: field of view")
+    # 2b. photos: every shot re-framed a little off the rig leaves the silhouettes disagreeing
+    #    at any fov; the best finalists get each view's turn and zoom (register.py)
+    if max(c.rim for c in finalists) < -REGISTER_BELOW:
+        for c in sorted(finalists, key=lambda c: -c.rim)[:MAX_REGISTERED]:
+            registration = register_views(rim, inputs.masks, c.variant, c.fov, hooks)
+            if registration is not None:
+                c.registration, c.fov, c.rim = registration, registration.fov_deg, registration.rim_after
     # 3. near-ties (symmetric shapes) are settled by colour: with the right cameras a surface
     #    point seen by two views has the same colour in both; then by the depths' agreement,
     #    then by fewer deviations from the nominal rig
@@ -115,14 +132,14 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
     contenders = []
     for c in close:
         hooks.check()
-        c.fits, c.residual = precise_depth_fits(inputs, rig_cameras(c.fov, w, h, c.variant))
+        c.fits, c.residual = precise_depth_fits(inputs, c.cameras(w, h))
         for v in groups[tuple(round(x, 5) for x in ious_by_variant[c.variant])]:
-            contenders.append(_Candidate(v, c.fov, c.rim, c.residual, c.fits))
+            contenders.append(_Candidate(v, c.fov, c.rim, c.residual, c.fits, registration=c.registration))
     for c in contenders:
         assert c.fits is not None  # every contender is built with its fits above
-        c.photo = photo_error(inputs, rig_cameras(c.fov, w, h, c.variant), c.fits) if len(contenders) > 1 else 0.0
+        c.photo = photo_error(inputs, c.cameras(w, h), c.fits) if len(contenders) > 1 else 0.0
     best = min(contenders, key=lambda c: (round(c.photo, 3), round(c.residual, 4), _deviations(c.variant)))
-    cams = rig_cameras(best.fov, w, h, best.variant)
+    cams = best.cameras(w, h)
     scores = {
         "source": "search",
         "rim_score": best.rim,
@@ -131,6 +148,7 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
         "candidates": [{"variant": c.variant.name, "fov_deg": c.fov, "rim_score": c.rim,
                         "depth_residual": c.residual, "photo_error": c.photo}
                        for c in sorted(contenders, key=lambda c: c.photo)],
+        "registration": best.registration.to_dict() if best.registration is not None else None,
     }
     hooks.progress(1.0, "calibration: done")
     return _result(inputs, best, cams, scores)
