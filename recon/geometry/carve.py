@@ -25,6 +25,7 @@ from skimage.measure import marching_cubes
 from recon.calibration.projection import frame_half_size, normalized_coords, to_pixels
 from recon.calibration.rig import Camera
 from recon.errors import ModelFailed
+from recon.geometry.depth_slack import fit_depth_slack
 from recon.hooks import Hooks
 from recon.types import Calibration, Inputs
 
@@ -57,7 +58,9 @@ def fuse_geometry(
     field = SignedField(inputs, calibration)
     hooks.progress(0.05, "geometry: silhouette distances")
     lo, hi = field.bounds()
-    field.shell = SHELL_VOXELS * float((hi - lo).max()) / resolution
+    voxel = float((hi - lo).max()) / resolution
+    field.shell = SHELL_VOXELS * voxel
+    field.depth_slack = fit_depth_slack(field, inputs.masks, calibration.cameras, voxel)
     volume, spacing, active = _sample_coarse_to_fine(field, lo, hi, resolution, hooks.sub(0.05, 0.6))
     hooks.check()
     hooks.progress(0.65, "geometry: marching cubes")
@@ -71,6 +74,7 @@ def fuse_geometry(
     hooks.progress(0.95, "geometry: smoothing")
     snap_contours(mesh, calibration.cameras, inputs.masks)
     smooth_keeping_contours(mesh, [cam.position for cam in calibration.cameras])
+    mesh.metadata["depth_slack"] = field.depth_slack
     hooks.progress(1.0, "geometry: done")
     return mesh
 
@@ -182,6 +186,7 @@ class SignedField:
 
     def __init__(self, inputs: Inputs, calibration: Calibration, shell: float = 0.0) -> None:
         self.shell = float(shell)
+        self.depth_slack = 0.0  # extra carving tolerance of every depth (depth_slack.py)
         self.sil_cams: list[Camera] = []
         self.sil_sdf: list[np.ndarray] = []
         for cam, mask in zip(calibration.cameras, inputs.masks):
@@ -210,8 +215,13 @@ class SignedField:
             out[start:start + CHUNK] = self._eval(points[start:start + CHUNK])
         return out
 
-    def _eval(self, pts: np.ndarray) -> np.ndarray:
-        pts = pts.astype(np.float32, copy=False)
+    def carve_terms(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(depth carving, silhouettes) of the field at points, slack and shell left out:
+        how far each lies in front of the nearest observed depth, and outside the silhouettes."""
+        carve, silhouettes, _ = self._terms(points.astype(np.float32, copy=False), with_shell=False)
+        return carve, silhouettes
+
+    def _terms(self, pts: np.ndarray, with_shell: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         field = np.full(len(pts), -np.inf, np.float32)
         silhouettes = np.full(len(pts), -np.inf, np.float32)
         shell = np.full(len(pts), np.inf, np.float32)
@@ -226,11 +236,18 @@ class SignedField:
             dx, dy = to_pixels(dcam, xn, yn)
             front, surface = depth.sample(dx, dy)
             np.fmax(field, front - z, out=field)  # > 0: in front of the visible surface; NaN never wins
-            if half > 0:
+            if with_shell and half > 0:
                 # distance to the slab [surface, surface + shell] behind the observed surface
                 np.fmin(shell, np.abs(z - surface - half) - half, out=shell)  # NaN: no smooth depth
+        return field, silhouettes, shell
+
+    def _eval(self, pts: np.ndarray) -> np.ndarray:
+        pts = pts.astype(np.float32, copy=False)
+        field, silhouettes, shell = self._terms(pts, with_shell=True)
+        if self.depth_slack > 0:
+            field -= np.float32(self.depth_slack)
         np.maximum(field, silhouettes, out=field)
-        if half <= 0:
+        if self.shell <= 0:
             return field
         # a wall or an opening's inside lies within every silhouette; a slab reaching past one
         # by more than a voxel (a sheet seen edge-on needs that much) would undo its edge placement
