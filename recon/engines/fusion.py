@@ -20,7 +20,7 @@ class FusionConfig(EngineConfig):
     """Grid, face budget and texture size of the fusion result."""
 
     name: ClassVar[str] = "fusion"
-    version: str = "1.4.0"
+    version: str = "1.5.0"
     max_resolution: int = 256  # voxels along the object's longest side (effective; coarse-to-fine)
     min_resolution: int = 96
     face_budget: int = 100_000
@@ -79,6 +79,8 @@ class FusionEngine(BaseEngine):
                 "bbox": np.asarray(mesh.bounds).tolist(),
                 # the depths' extra carving tolerance that the silhouettes asked for (depth_slack.py)
                 "depth_slack": round(float(mesh.metadata.get("depth_slack", 0.0)), 6),
+                # surfaces no view saw, and whether they were dropped as an open object's (unseen.py)
+                "unseen": mesh.metadata.get("unseen", {}),
             },
             "timings": {"geometry_s": round(geometry_s, 3),
                         "texture_s": round(time.perf_counter() - start - geometry_s, 3)},

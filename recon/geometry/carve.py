@@ -26,6 +26,7 @@ from recon.calibration.projection import frame_half_size, normalized_coords, to_
 from recon.calibration.rig import Camera
 from recon.errors import ModelFailed
 from recon.geometry.depth_slack import fit_depth_slack
+from recon.geometry.unseen import drop_invented_walls
 from recon.hooks import Hooks
 from recon.types import Calibration, Inputs
 
@@ -74,6 +75,7 @@ def fuse_geometry(
     hooks.progress(0.95, "geometry: smoothing")
     snap_contours(mesh, calibration.cameras, inputs.masks)
     smooth_keeping_contours(mesh, [cam.position for cam in calibration.cameras])
+    mesh.metadata["unseen"] = drop_invented_walls(mesh, calibration.cameras, voxel)
     mesh.metadata["depth_slack"] = field.depth_slack
     hooks.progress(1.0, "geometry: done")
     return mesh
