@@ -75,7 +75,7 @@ class FusionEngine(BaseEngine):
                 "faces": int(len(mesh.faces)),
                 "vertices": int(len(mesh.vertices)),
                 "watertight": bool(mesh.is_watertight),
-                "volume": float(mesh.volume),
+                "volume": float(mesh.volume) if mesh.is_watertight else None,  # open: no inside
                 "bbox": np.asarray(mesh.bounds).tolist(),
                 # the depths' extra carving tolerance that the silhouettes asked for (depth_slack.py)
                 "depth_slack": round(float(mesh.metadata.get("depth_slack", 0.0)), 6),
