@@ -66,10 +66,17 @@ def _set_buffer_view_targets(tree: dict[str, Any]) -> None:
                 mark(primitive["indices"], ELEMENT_ARRAY_BUFFER)
 
 
+def _closed(mesh: TexturedMesh) -> bool:
+    """Watertight once the texture seams' split vertices are merged."""
+    return bool(trimesh.Trimesh(mesh.vertices, mesh.faces, process=True).is_watertight)
+
+
 def _pbr_scene(mesh: TexturedMesh, image: Image.Image) -> trimesh.Trimesh:
+    # an open surface (a wall of no thickness, a cut-open shell) is seen from both sides, as the
+    # service's own renders show it; a closed one keeps back-face culling
     pbr = PBRMaterial(
         name=MATERIAL_NAME, baseColorTexture=image, baseColorFactor=[255, 255, 255, 255],
-        metallicFactor=0.0, roughnessFactor=1.0, doubleSided=False,
+        metallicFactor=0.0, roughnessFactor=1.0, doubleSided=not _closed(mesh),
     )
     return _textured(mesh, pbr)
 
