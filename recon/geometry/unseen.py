@@ -22,9 +22,9 @@ import trimesh
 from recon.calibration.rig import Camera
 
 THIN_VOXELS = 3.0  # a seen face with an opposite seen face this close behind it is a thin wall
-# Share of the seen surface in thin walls that marks the object as open. Clean closed meshes
-# have <= 2 %, open ones >= 11 %; photographs' noisier closed meshes reach 7-12 % (a slab where
-# misregistered views disagree), so the margin on that side is narrow.
+# Share of the seen surface in thin walls that marks the object as open. Clean closed meshes have
+# almost none; photographs' closed meshes have more (slabs where misregistered views disagree),
+# so the margin on that side is narrow (measured figures: the commit history and bench notes).
 THIN_AREA = 0.09
 INVENTED_AREA = 0.01  # unseen patches at least this share of the surface are dropped when open
 FACING = 0.05  # a face is seen by a camera when its normal turns at least this much towards it
