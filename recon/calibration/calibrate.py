@@ -9,7 +9,9 @@ Why this works: only the true cameras make the six silhouettes agree.
    wrong one the silhouette cones bend, so rays through a silhouette's edge pixels miss the hull
    of the other views. `RimScorer` measures by how much (smooth in fov), on <= 1024 px masks.
    Photos (the rim still misses at the best fov): each view gets a small turn and zoom, and
-   the fov is searched again with the views registered (register.py).
+   the fov is searched again with the views registered (register.py). Off the rig every
+   variant's hull IoU is low and ranks them by noise, so the variants to register are chosen
+   by a quick registration of each, then by colour where several register alike.
 3. Depth: every raw depth map is affine in the true z-depth, with one polarity (bright = near or
    far) shared by all views. Along each pixel's ray the exact visual hull of the other views
    brackets the surface; `fit_depths` fits each view to those brackets (`fit_interval`): the
@@ -31,7 +33,14 @@ import numpy as np
 from scipy import ndimage
 
 from recon.calibration.projection import frame_half_size, pixel_rays, project_points
-from recon.calibration.register import REGISTER_BELOW, Registration, register_views
+from recon.calibration.register import (
+    QUICK_RES,
+    QUICK_SAMPLES,
+    REGISTER_BELOW,
+    Registration,
+    quick_registration,
+    register_views,
+)
 from recon.calibration.rig import ALL_VARIANTS, SLOTS, Camera, RigVariant, rig_cameras
 from recon.calibration.rim import SEARCH_REACH, RimScorer
 from recon.calibration.silhouettes import dilate3, downsample_mask, erode3
@@ -48,6 +57,14 @@ COARSE_FOVS = tuple(float(f) for f in range(24, 68, 4))
 RIM_TIE = 0.0005  # finalists this close in rim score (world units) are told apart by depth
 MAX_FINALISTS = 4  # groups of shape-equivalent variants that get a fov search
 MAX_REGISTERED = 2  # finalists (best rim first) registered when the views are off the rig
+# Views off the rig (photos) leave every variant's hull IoU low, and their differences are noise:
+# the OFF_RIG_CANDIDATES groups of best IoU, whatever their margin, are ranked by a quick
+# registration instead; those whose misses stay within QUICK_MISS_FACTOR of the best's are told
+# apart by colour (gain-normalised photo_error, depth fits of QUICK_DEPTH_SAMPLES pixels per view)
+# before the best MAX_REGISTERED get the full registration
+OFF_RIG_CANDIDATES = 8
+QUICK_MISS_FACTOR = 2.0
+QUICK_DEPTH_SAMPLES = 500
 FOV_RANGE = (15.0, 90.0)
 HULL_CAP = 0.05  # (x the hull's depth span) beyond this, being behind the hull costs no more
 INTERVAL_PULL = 0.02  # fit_interval's pull toward the hull entry, per unit of a violation
@@ -108,6 +125,9 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
     for v in sorted(close_variants, key=lambda v: (_deviations(v), v.name)):
         groups.setdefault(tuple(round(x, 5) for x in ious_by_variant[v]), []).append(v)
     representatives = [g[0] for g in groups.values()][:MAX_FINALISTS]
+    for v in sorted(per_variant, key=lambda v: (-per_variant[v][0], _deviations(v), v.name)):
+        if v not in close_variants:  # the rest, best IoU first (photos may need them)
+            groups.setdefault(tuple(round(x, 5) for x in ious_by_variant[v]), []).append(v)
     # 2. per group: voxel IoU over the fov range for a start, then the rim score (exact,
     #    full-resolution masks) refines the fov to a fraction of a degree
     finalists = []
@@ -119,8 +139,11 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
         hooks.progress(0.3 + 0.5 * (k + 1) / len(representatives), "calibration: field of view")
     # 2b. photos: every shot re-framed a little off the rig leaves the silhouettes disagreeing
     #    at any fov; the best finalists get each view's turn and zoom (register.py)
-    if max(c.rim for c in finalists) < -REGISTER_BELOW:
-        for c in sorted(finalists, key=lambda c: -c.rim)[:MAX_REGISTERED]:
+    off_rig = max(c.rim for c in finalists) < -REGISTER_BELOW
+    if off_rig:
+        others = [g[0] for g in groups.values() if g[0] not in representatives]
+        finalists = _off_rig_finalists(inputs, rim, finalists, others, hooks)
+        for c in finalists:
             registration = register_views(rim, inputs.masks, c.variant, c.fov, hooks)
             if registration is not None:
                 c.registration, c.fov, c.rim = registration, registration.fov_deg, registration.rim_after
@@ -137,7 +160,7 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
             contenders.append(_Candidate(v, c.fov, c.rim, c.residual, c.fits, registration=c.registration))
     for c in contenders:
         assert c.fits is not None  # every contender is built with its fits above
-        c.photo = photo_error(inputs, c.cameras(w, h), c.fits) if len(contenders) > 1 else 0.0
+        c.photo = photo_error(inputs, c.cameras(w, h), c.fits, normalise=off_rig) if len(contenders) > 1 else 0.0
     best = min(contenders, key=lambda c: (round(c.photo, 3), round(c.residual, 4), _deviations(c.variant)))
     cams = best.cameras(w, h)
     scores = {
@@ -152,6 +175,41 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
     }
     hooks.progress(1.0, "calibration: done")
     return _result(inputs, best, cams, scores)
+
+
+def _off_rig_finalists(inputs: Inputs, rim: RimScorer, finalists: list[_Candidate],
+                       others: list[RigVariant], hooks: Hooks) -> list[_Candidate]:
+    """The MAX_REGISTERED candidates to register when the views are off the rig (photos).
+
+    The finalists and then the other groups' representatives (`others`, best IoU first), up to
+    OFF_RIG_CANDIDATES, each get a quick registration (register.quick_registration); those whose
+    misses are within QUICK_MISS_FACTOR of the least are the variants whose silhouettes can be
+    made to agree. When more of them remain than get registered (a symmetric shape), colour
+    picks: gain-normalised photo_error of depths fitted to the quickly registered cameras.
+    Candidates new to the finalists start from the quick registration's fov.
+    """
+    w, h = inputs.image_size
+    coarse = RimScorer(inputs, res=QUICK_RES, samples=QUICK_SAMPLES)
+    variants = ([c.variant for c in sorted(finalists, key=lambda c: -c.rim)] + others)[:OFF_RIG_CANDIDATES]
+    quick = [quick_registration(coarse, v, hooks) for v in variants]
+    least = max(q.rim_after for q in quick)
+    plausible = sorted((q for q in quick if q.rim_after >= QUICK_MISS_FACTOR * least), key=lambda q: -q.rim_after)
+    if len(plausible) > MAX_REGISTERED:
+        colour = {}
+        for q in plausible:
+            hooks.check()
+            cams = q.cameras(w, h)
+            fits, _ = precise_depth_fits(inputs, cams, samples=QUICK_DEPTH_SAMPLES)
+            colour[q.variant] = photo_error(inputs, cams, fits, normalise=True)
+        plausible.sort(key=lambda q: colour[q.variant])
+    known = {c.variant: c for c in finalists}
+    out = []
+    for q in plausible[:MAX_REGISTERED]:
+        if q.variant not in known:
+            fov = q.fov_deg
+            known[q.variant] = _Candidate(q.variant, fov, rim(rig_cameras(fov, w, h, q.variant)))
+        out.append(known[q.variant])
+    return out
 
 
 def _refine_fov(scorer: RimScorer, w: int, h: int, variant: RigVariant, start: float,
@@ -304,13 +362,16 @@ def _inside_others(cams: list[Camera], masks: list[np.ndarray], k: int,
 
 
 def photo_error(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float]],
-                samples: int = 2000, seed: int = 1) -> float:
+                samples: int = 2000, seed: int = 1, normalise: bool = False) -> float:
     """Mean colour difference (0-1 per channel) between two views at surface points both see.
 
     Points come from each view's metric depth; a point counts as seen by a neighbouring view
     when that view's own depth agrees there. Under a wrong flip or swap the same depth pixels
     land on differently coloured surface, so this separates variants that silhouettes and
     depths cannot (rotationally or mirror-symmetric shapes).
+
+    `normalise` (photos): each view's colours are divided by its median object colour first, so
+    a photo's own exposure and white balance do not count as disagreement.
     """
     rng = np.random.default_rng(seed)
     dw, dh = inputs.depth_size
@@ -318,6 +379,7 @@ def photo_error(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float]]
     dcams = [c.at_resolution(dw, dh) for c in cams]
     metric = [np.where(raw > 0, f["scale"] * raw + f["offset"], 0.0) for raw, f in zip(inputs.depth_raw, fits)]
     span = max(float(np.ptp(m[m > 0])) for m in metric if (m > 0).any()) or 1.0
+    gains = [_median_colour(img, mask) for img, mask in zip(inputs.images, inputs.masks)] if normalise else None
     total, count = 0.0, 0
     for k, (cam, depth) in enumerate(zip(dcams, metric)):
         ii, jj = np.nonzero(depth > 0)
@@ -325,6 +387,8 @@ def photo_error(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float]]
         ii, jj = ii[pick], jj[pick]
         pts = cam.position.astype(np.float32) + depth[ii, jj][:, None].astype(np.float32) * pixel_rays(cam, ii, jj)
         colour_k = inputs.images[k][(ii * h) // dh, (jj * w) // dw]
+        if gains is not None:
+            colour_k = colour_k / gains[k]
         for j, other in enumerate(dcams):
             if j == k or float(cams[j].c2w[:3, 2] @ cams[k].c2w[:3, 2]) < -0.5:
                 continue
@@ -336,9 +400,18 @@ def photo_error(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float]]
             if not seen.any():
                 continue
             colour_j = inputs.images[j][(qi[seen] * h) // dh, (qj[seen] * w) // dw]
+            if gains is not None:
+                colour_j = colour_j / gains[j]
             total += float(np.abs(colour_k[seen] - colour_j).sum())
             count += int(seen.sum()) * 3
     return total / count if count else math.inf
+
+
+def _median_colour(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel median of a view's object pixels (on a grid of about 512 px: it is a median)."""
+    step = max(1, min(mask.shape) // 512)
+    pixels = image[::step, ::step][mask[::step, ::step]]
+    return (np.median(pixels, axis=0) if len(pixels) else np.ones(3)).astype(np.float32) + np.float32(1e-3)
 
 
 @dataclass

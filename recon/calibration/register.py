@@ -50,6 +50,11 @@ MAX_TURN_DEG = 8.0  # a registration that turns a view further is not a re-frami
 MAX_ZOOM = 0.2  # likewise for |log zoom|
 CENTRE_GRID = 64  # voxels per axis of the hull whose bounding box is centred
 CENTRE_MASK_RES = 512
+# `quick_registration`: one fit at the scan's middle fov, on a coarse rim scorer (RimScorer(res=QUICK_RES,
+# samples=QUICK_SAMPLES)), enough to tell a variant whose views can be registered from one whose cannot
+QUICK_RES = 256
+QUICK_SAMPLES = 100
+QUICK_ITERATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,24 @@ def register_views(rim: RimScorer, masks: list[np.ndarray], variant: RigVariant,
     shift = -hull_centre(masks, cams)
     return Registration(variant, fov_fit, turns, zooms, shift, before, rim(_corrected(
         rig_cameras(fov_fit, mw, mh, variant), turns, zooms, shift)))
+
+
+def quick_registration(rim: RimScorer, variant: RigVariant, hooks: Hooks = Hooks()) -> Registration:
+    """A cheap registration of the views on the rig `variant`, to rank variants before paying for
+    `register_views`: one fit from the rig at the middle of SCAN_FOVS, uncentred, unchecked.
+
+    Off the rig, the rig's silhouettes disagree under every variant alike, so no rig score tells
+    the variants apart; once each view may turn and zoom, only the true variant's silhouettes can
+    be made to agree. The fov barely matters for that (a wrong one costs perspective only), so
+    one fov serves every variant. `rim` is a coarse scorer (QUICK_RES, QUICK_SAMPLES), and
+    rim_after is its score of the registered cameras (rim_before is not measured).
+    """
+    fov = SCAN_FOVS[len(SCAN_FOVS) // 2]
+    p, _ = _fit(_Misses(rim, variant, fov), np.zeros(24), QUICK_ITERATIONS, hooks)
+    turns, zooms = p[:18].reshape(6, 3), p[18:24]
+    mh, mw = rim.masks[0].shape
+    after = rim(_corrected(rig_cameras(fov, mw, mh, variant), turns, zooms, np.zeros(3)))
+    return Registration(variant, fov, turns, zooms, np.zeros(3), math.nan, after)
 
 
 def hull_centre(masks: list[np.ndarray], cams: list[Camera]) -> np.ndarray:
