@@ -5,7 +5,7 @@ also the starting point of the `nvdiffrec` and `reconviagen` engines."""
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -14,6 +14,11 @@ from recon.hooks import Hooks
 from recon.mesh import TexturedMesh
 from recon.options import ReconOptions
 from recon.types import Calibration, Inputs
+
+if TYPE_CHECKING:
+    import trimesh
+
+    from recon.render.base import RenderBackend
 
 
 class FusionConfig(EngineConfig):
@@ -54,7 +59,6 @@ class FusionEngine(BaseEngine):
             options: ReconOptions = ReconOptions()) -> TexturedMesh:
         from recon.geometry.carve import fuse_geometry
         from recon.render import get_backend
-        from recon.texture.bake import bake_texture
 
         config = self.config
         start = time.perf_counter()
@@ -63,26 +67,38 @@ class FusionEngine(BaseEngine):
                              face_budget=options.face_budget(config.face_budget), hooks=hooks.sub(0.0, 0.5))
         geometry_s = time.perf_counter() - start
         hooks.check()
-        textured = bake_texture(
-            np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int32),
-            inputs, calibration, texture_size=config.texture_size_for(inputs, options.texture_size),
-            backend=get_backend(self.device), hooks=hooks.sub(0.5, 1.0),
-        )
-        textured.info.update({
-            "engine": {"name": self.name, "version": self.version},
-            "geometry": {
-                "resolution": resolution,
-                "faces": int(len(mesh.faces)),
-                "vertices": int(len(mesh.vertices)),
-                "watertight": bool(mesh.is_watertight),
-                "volume": float(mesh.volume) if mesh.is_watertight else None,  # open: no inside
-                "bbox": np.asarray(mesh.bounds).tolist(),
-                # the depths' extra carving tolerance that the silhouettes asked for (depth_slack.py)
-                "depth_slack": round(float(mesh.metadata.get("depth_slack", 0.0)), 6),
-                # surfaces no view saw, and whether they were dropped as an open object's (unseen.py)
-                "unseen": mesh.metadata.get("unseen", {}),
-            },
-            "timings": {"geometry_s": round(geometry_s, 3),
-                        "texture_s": round(time.perf_counter() - start - geometry_s, 3)},
-        })
-        return textured
+        return textured_fusion(mesh, inputs, calibration, config, options, get_backend(self.device),
+                               hooks.sub(0.5, 1.0), resolution=resolution, geometry_s=geometry_s)
+
+
+def textured_fusion(mesh: trimesh.Trimesh, inputs: Inputs, calibration: Calibration,
+                    config: FusionConfig, options: ReconOptions, backend: RenderBackend,
+                    hooks: Hooks, *, resolution: int, geometry_s: float) -> TexturedMesh:
+    """The fusion result from its geometry: the baked texture and fusion's engine_info (the
+    fusion engine's own output, and the nvdiffrec engine's fallback)."""
+    from recon.texture.bake import bake_texture
+
+    start = time.perf_counter()
+    textured = bake_texture(
+        np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int32),
+        inputs, calibration, texture_size=config.texture_size_for(inputs, options.texture_size),
+        backend=backend, hooks=hooks,
+    )
+    textured.info.update({
+        "engine": {"name": config.name, "version": config.version},
+        "geometry": {
+            "resolution": resolution,
+            "faces": int(len(mesh.faces)),
+            "vertices": int(len(mesh.vertices)),
+            "watertight": bool(mesh.is_watertight),
+            "volume": float(mesh.volume) if mesh.is_watertight else None,  # open: no inside
+            "bbox": np.asarray(mesh.bounds).tolist(),
+            # the depths' extra carving tolerance that the silhouettes asked for (depth_slack.py)
+            "depth_slack": round(float(mesh.metadata.get("depth_slack", 0.0)), 6),
+            # surfaces no view saw, and whether they were dropped as an open object's (unseen.py)
+            "unseen": mesh.metadata.get("unseen", {}),
+        },
+        "timings": {"geometry_s": round(geometry_s, 3),
+                    "texture_s": round(time.perf_counter() - start, 3)},
+    })
+    return textured

@@ -14,6 +14,8 @@ million evaluations instead of tens of millions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import trimesh
 from PIL import Image
@@ -55,6 +57,20 @@ def fuse_geometry(
     hooks: Hooks = Hooks(),
 ) -> trimesh.Trimesh:
     """A clean, decimated triangle mesh of the object in the rig's world frame."""
+    return fuse_geometries(inputs, calibration, resolution=resolution, face_budgets=[face_budget],
+                           hooks=hooks)[0]
+
+
+def fuse_geometries(
+    inputs: Inputs,
+    calibration: Calibration,
+    *,
+    resolution: int = 256,
+    face_budgets: Sequence[int] = (100_000,),
+    hooks: Hooks = Hooks(),
+) -> list[trimesh.Trimesh]:
+    """`fuse_geometry` at each face budget from one carving (the carving is most of the cost;
+    nvdiffrec needs fusion's own mesh and a coarser one to refine)."""
     hooks.check()
     field = SignedField(inputs, calibration)
     hooks.progress(0.05, "geometry: silhouette distances")
@@ -65,20 +81,24 @@ def fuse_geometry(
     volume, spacing, active = _sample_coarse_to_fine(field, lo, hi, resolution, hooks.sub(0.05, 0.6))
     hooks.check()
     hooks.progress(0.65, "geometry: marching cubes")
-    mesh = _extract(volume, spacing, lo, active)
+    carved = _extract(volume, spacing, lo, active)
     hooks.check()
     hooks.progress(0.75, "geometry: cleanup")
-    mesh = clean_mesh(mesh)
-    if len(mesh.faces) > face_budget:
-        hooks.progress(0.85, "geometry: decimation")
-        mesh = _decimate(mesh, face_budget)
-    hooks.progress(0.95, "geometry: smoothing")
-    snap_contours(mesh, calibration.cameras, inputs.masks)
-    smooth_keeping_contours(mesh, [cam.position for cam in calibration.cameras])
-    mesh.metadata["unseen"] = drop_invented_walls(mesh, calibration.cameras, voxel)
-    mesh.metadata["depth_slack"] = field.depth_slack
+    carved = clean_mesh(carved)
+    meshes = []
+    for face_budget in face_budgets:
+        mesh = carved.copy()
+        if len(mesh.faces) > face_budget:
+            hooks.progress(0.85, "geometry: decimation")
+            mesh = _decimate(mesh, face_budget)
+        hooks.progress(0.95, "geometry: smoothing")
+        snap_contours(mesh, calibration.cameras, inputs.masks)
+        smooth_keeping_contours(mesh, [cam.position for cam in calibration.cameras])
+        mesh.metadata["unseen"] = drop_invented_walls(mesh, calibration.cameras, voxel)
+        mesh.metadata["depth_slack"] = field.depth_slack
+        meshes.append(mesh)
     hooks.progress(1.0, "geometry: done")
-    return mesh
+    return meshes
 
 
 def _decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:

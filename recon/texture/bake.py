@@ -17,6 +17,7 @@ Conventions: texel (row r, col c) has its centre at u = (c + 0.5) / T, v = 1 - (
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,10 +209,12 @@ def bake_colors(
     vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, vmapping: np.ndarray,
     inputs: Inputs, calibration: Calibration, backend: RenderBackend, *, texture_size: int = 2048,
     hooks: Hooks = Hooks(), fallback_colors: np.ndarray | None = None,
-    angle_power: float | None = None,
+    angle_power: float | None = None, views: Sequence[int] | None = None,
 ) -> Bake:
     """Bake a texture for an already unwrapped mesh (see module doc). `vmapping` maps its
-    vertices to the original ones that `fallback_colors` (V, 3) in [0, 1] refer to."""
+    vertices to the original ones that `fallback_colors` (V, 3) in [0, 1] refer to. `views`: the
+    views that contribute (all when None); a held-out view keeps gain 1 and no texels, so a bake
+    from the others can be compared with it (the nvdiffrec engine's leave-one-view-out guard)."""
     angle_power = ANGLE_POWER if angle_power is None else angle_power
     vertices = np.asarray(vertices, dtype=np.float32)
     faces = np.asarray(faces, dtype=np.int64)
@@ -226,22 +229,24 @@ def bake_colors(
 
     n = len(raster.texel)
     n_views = len(calibration.cameras)
-    looks = [_ViewLookup(inputs, i, cam, vertices, faces, backend) for i, cam in enumerate(calibration.cameras)]
+    used = list(range(n_views)) if views is None else sorted(set(views))
+    looks = [_ViewLookup(inputs, i, calibration.cameras[i], vertices, faces, backend) for i in used]
     # per-view gain and white balance from a sparse subset of texels (recon.texture.photometric)
     subset = np.arange(0, n, max(1, n // PHOTOMETRIC_SAMPLES))
     samples = [look(points[subset], normals[subset], angle_power, exact=False) for look in looks]
-    gains = solve_gains([(idx, colour, w) for idx, w, colour in samples], len(subset))
+    gains = np.ones((n_views, 3))
+    gains[used] = solve_gains([(idx, colour, w) for idx, w, colour in samples], len(subset))
     hooks.progress(0.15, "texture: photometric normalisation")
     acc = np.zeros((n, 3), dtype=np.float32)
     wsum = np.zeros(n, dtype=np.float32)
-    views_used = []
-    for i, look in enumerate(looks):
+    views_used = [0] * n_views
+    for k, (i, look) in enumerate(zip(used, looks)):
         hooks.check()
         idx, weight, colour = look(points, normals, angle_power)
         acc[idx] += weight[:, None] * colour / gains[i].astype(np.float32)
         wsum[idx] += weight
-        views_used.append(int(len(idx)))
-        hooks.progress(0.15 + 0.75 * (i + 1) / n_views, f"texture: view {i + 1}/{n_views}")
+        views_used[i] = int(len(idx))
+        hooks.progress(0.15 + 0.75 * (k + 1) / len(used), f"texture: view {k + 1}/{len(used)}")
 
     seen = wsum > 0
     colors = np.zeros((n, 3), dtype=np.float32)
