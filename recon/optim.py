@@ -119,7 +119,7 @@ class StageMonitor:
 def run_stage(
     name: str, iterations: int, loss_fn: Callable[[], torch.Tensor], opt: Adam, hooks: Hooks,
     progress: tuple[float, float], limits: StageLimits, stats: dict[str, Any], *, model: str,
-    deadline: float = math.inf,
+    deadline: float = math.inf, require_improvement: bool = True,
 ) -> int:
     """The loop every optimisation stage shares: cancellation and progress every `check_every`
     iterations, divergence/convergence monitoring, Adam step; a stage past `deadline` stops as if
@@ -143,7 +143,8 @@ def run_stage(
             break
         loss.backward()
         opt.step()
-    monitor.require_improvement(iteration)
+    if require_improvement:  # off where the caller judges the stage itself (nvdiffrec's guard)
+        monitor.require_improvement(iteration)
     stats.setdefault("stages", []).append(
         {"stage": name, "iterations": iteration, "loss_start": monitor.first,
          "loss_end": monitor.previous if monitor.previous is not None else monitor.first,

@@ -20,6 +20,7 @@ from recon.calibration.rig import RigVariant, rig_cameras
 from recon.engines import build_engine
 from recon.engines.nvdiffrec import NvdiffrecConfig, NvdiffrecSettings
 from recon.engines.nvdiffrec.engine import refine, starting_mesh
+from recon.engines.nvdiffrec.guard import GuardConfig, block_size, held_out_blocks, held_out_score
 from recon.engines.nvdiffrec.objective import joint_loss
 from recon.engines.nvdiffrec.problem import coverage_targets, prepare, targets_at
 from recon.errors import Cancelled, ConvergenceFailed
@@ -245,3 +246,75 @@ def test_edge_length_term_stays_bounded_on_a_near_degenerate_edge():
     moved = verts + 1e-3 * torch.randn(verts.shape, generator=torch.Generator().manual_seed(0))
     assert float(reg.edge_length_loss(verts)) == pytest.approx(0.0, abs=1e-9)
     assert float(reg.edge_length_loss(moved)) < 0.05
+
+
+def test_guard_holds_out_the_same_blocks_at_every_resolution():
+    """Half the pixels are held out, in blocks 1/32 of the longest side, and a stage's targets
+    at a lower resolution hold out (nearly) the same parts of the view."""
+    full = held_out_blocks(256, 256, block_size(256, 256))
+    assert full.float().mean() == pytest.approx(0.5) and block_size(256, 256) == 8
+    small = torch.nn.functional.interpolate(full[None, None].float(), size=(64, 64), mode="area")[0, 0]
+    assert bool(((small == 0) | (small == 1)).all())  # blocks of 8 px map onto 2 px exactly
+
+
+def test_guard_scores_the_right_geometry_above_a_wrong_one(case):
+    """The held-out score that decides whether a refined geometry is kept: the true surface
+    predicts the held-out pixels better than the same surface bumped or scaled."""
+    inputs, calib, start = case
+    backend = get_backend("cpu")
+    config = GuardConfig(long_side=RES, texture_size=128)
+    truth = TexturedMesh(start.vertices, start.faces, start.uv, start.texture)
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    sphere.vertices[:, 1] *= 0.8
+    vmap, _, _ = xatlas.parametrize(sphere.vertices, sphere.faces)
+    true_vertices = sphere.vertices[vmap].astype(np.float32)
+    score = lambda v: held_out_score(v, truth.faces, truth.uv, inputs, inputs, calib, backend, config)  # noqa: E731
+    right = score(true_vertices)
+    assert right > score(start.vertices) + 0.5  # the bumped start
+    assert right > score(true_vertices * 1.05) + 0.5
+
+
+def test_guard_keeps_the_start_when_the_refinement_makes_it_worse(case):
+    """Depths that disagree with the views (another sensor, mis-scaled) and a heavy depth weight:
+    the joint loss falls while the surface moves off the views. The held-out pixels show it, so
+    the start's geometry comes back unchanged and quality.json's engine_info says why; with the
+    guard off the same run returns the worse mesh."""
+    inputs, calib, _ = case
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    sphere.vertices[:, 1] *= 0.8
+    vmap, faces, uv = xatlas.parametrize(sphere.vertices, sphere.faces)
+    vertices = sphere.vertices[vmap].astype(np.float32)
+    start = TexturedMesh(vertices, faces.astype(np.int32), uv.astype(np.float32), _bake(vertices, faces, uv, 128))
+    wrong = Calibration(calib.variant, calib.fov_deg, calib.cameras, calib.depth_cameras,
+                        [d * 0.9 for d in calib.depths], calib.depth_fit)
+    settings = _settings(w_depth=30.0, silhouette_iterations=0, texture_iterations=0)
+    out = refine(start, inputs, wrong, backend=get_backend("cpu"), settings=settings)
+    guard = out.info["nvdiffrec"]["guard"]["geometry"]
+    assert guard["kept"] is False, guard
+    assert guard["held_out_psnr"]["refined"] < guard["held_out_psnr"]["start"]
+    assert np.array_equal(out.vertices, start.vertices)
+    unguarded = refine(start, inputs, wrong, backend=get_backend("cpu"), settings=settings.replace(guard=False))
+    assert not np.allclose(unguarded.vertices, start.vertices, atol=1e-3)
+    assert "guard" not in unguarded.info["nvdiffrec"]
+
+
+def test_guard_returns_fusions_own_result_when_it_predicts_best(case):
+    """A coarse start (the fixture's bumped surface) whose refinement is led off the views: the
+    fallback (standing in for fusion's full-budget mesh, here the true surface) predicts the
+    held-out pixels best, so it is returned as it is."""
+    inputs, calib, bumped = case
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    sphere.vertices[:, 1] *= 0.8
+    vmap, faces, uv = xatlas.parametrize(sphere.vertices, sphere.faces)
+    vertices = sphere.vertices[vmap].astype(np.float32)
+    own = TexturedMesh(vertices, faces.astype(np.int32), uv.astype(np.float32), _bake(vertices, faces, uv, 128),
+                       {"engine": {"name": "fusion"}})
+    wrong = Calibration(calib.variant, calib.fov_deg, calib.cameras, calib.depth_cameras,
+                        [d * 0.9 for d in calib.depths], calib.depth_fit)
+    settings = _settings(w_depth=30.0, silhouette_iterations=0, texture_iterations=0)
+    out = refine(bumped, inputs, wrong, backend=get_backend("cpu"), settings=settings, fallback=own)
+    info = out.info["nvdiffrec"]
+    assert info["result"] == "fusion", info["guard"]
+    scores = info["guard"]["geometry"]["held_out_psnr"]
+    assert scores["fusion"] > max(scores["start"], scores["refined"])
+    assert np.array_equal(out.vertices, own.vertices) and np.array_equal(out.texture, own.texture)

@@ -90,6 +90,10 @@ class NvdiffrecSettings:
     supersample: int = 2
     tolerance: float = 0.002  # stop a stage when a window improves the loss by less than this
     divergence_factor: float = 3.0  # the loss rising above this multiple of its start is failure
+    # Hold out a checkerboard of pixel blocks from every fit and keep the geometry stages and the
+    # texture stage only when they predict those pixels better than what they started from
+    # (guard.py): the refinement then never returns a result worse than its start.
+    guard: bool = True
     seed: int = 0
     # CPU threads for torch during the run (0: leave torch's setting). 1 by default on CPU: with
     # other processes on 2 cores, torch's spinning OpenMP workers made small ops 10-70x slower.
@@ -137,7 +141,7 @@ class NvdiffrecConfig(EngineConfig):
     settings per device kind (e.g. RECON_NVDIFFREC__CPU__JOINT_ITERATIONS=100 in the service)."""
 
     name: ClassVar[str] = "nvdiffrec"
-    version: str = "1.5.0"
+    version: str = "1.6.0"
     base: FusionConfig = Field(default_factory=FusionConfig)
     cpu: NvdiffrecSettings = Field(default_factory=NvdiffrecSettings)
     cuda: CudaNvdiffrecSettings = Field(default_factory=CudaNvdiffrecSettings)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ import torch
 from recon.engines.base import BaseEngine
 from recon.engines.fusion import FusionConfig
 from recon.engines.nvdiffrec.config import NvdiffrecConfig, NvdiffrecSettings
-from recon.engines.nvdiffrec.problem import prepare
+from recon.engines.nvdiffrec.guard import GuardConfig, downsized, held_out_score
+from recon.engines.nvdiffrec.problem import Problem, prepare
 from recon.engines.nvdiffrec.stages import _joint_stage, _rebake, _silhouette_stage, _texture_stage
 from recon.errors import VramOOM
 from recon.hooks import Hooks
@@ -55,8 +57,13 @@ def refine(
     backend: RenderBackend,
     settings: NvdiffrecSettings | None = None,
     hooks: Hooks = Hooks(),
+    fallback: TexturedMesh | None = None,
 ) -> TexturedMesh:
     """Optimise `mesh` (geometry and texture; topology and UV atlas fixed) against the six views.
+
+    With the guard (settings.guard), `fallback` (fusion's own result, when `mesh` is a coarser
+    copy of it) is scored on the held-out pixels as well: when the refined geometry beats neither,
+    the better of the start and the fallback is returned, the fallback as it is.
 
     Raises ConvergenceFailed (MODEL_CONVERGENCE_FAILED) when the loss becomes non-finite, rises
     above `divergence_factor` x its start, or does not improve in the first stage; VramOOM on CUDA
@@ -70,7 +77,15 @@ def refine(
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
     try:
-        problem, params = prepare(mesh, inputs, calibration, backend, settings)
+        problem, params = prepare(mesh, inputs, calibration, backend, settings, holdout=settings.guard)
+        guard = GuardConfig()  # its bakes need no more texels than the mesh's own texture has
+        guard = replace(guard, texture_size=min(guard.texture_size, int(np.asarray(mesh.texture).shape[0])))
+        if settings.guard:
+            small = downsized(inputs, guard.long_side)
+            start_score = held_out_score(mesh.vertices, mesh.faces, mesh.uv, small, inputs, calibration,
+                                         backend, guard)
+            fallback_score = -math.inf if fallback is None else held_out_score(
+                fallback.vertices, fallback.faces, fallback.uv, small, inputs, calibration, backend, guard)
         silhouette = settings.silhouette_resolution > 0 and settings.silhouette_iterations > 0
         stages = (len(settings.joint_resolutions) + int(silhouette)
                   + (1 if settings.texture_iterations > 0 else 0))
@@ -85,7 +100,30 @@ def refine(
             done = joints / stages
             total += _silhouette_stage(problem, params, hooks, (done, done + 1 / stages),
                                        started + budget * 0.75)
-        if settings.rebake:
+        geometry_kept = True
+        if settings.guard:
+            hooks.check()
+            with torch.no_grad():
+                moved_vertices = params.welded(problem)[problem.weld].cpu().numpy()
+            refined_score = held_out_score(moved_vertices, mesh.faces, mesh.uv, small, inputs,
+                                           calibration, backend, guard)
+            geometry_kept = refined_score > max(start_score, fallback_score) + guard.margin_db
+            scores = {"start": round(start_score, 3), "refined": round(refined_score, 3)}
+            if fallback is not None:
+                scores["fusion"] = round(fallback_score, 3)
+            problem.stats.setdefault("guard", {})["geometry"] = {
+                "kept": geometry_kept, "held_out_psnr": scores,
+                "why": "the refined geometry predicts the held-out pixels better" if geometry_kept
+                else "the refined geometry predicts the held-out pixels no better: "
+                + ("fusion's result kept" if fallback_score > start_score else "start kept")}
+            if not geometry_kept and fallback is not None and fallback_score > start_score:
+                hooks.progress(1.0, "nvdiffrec done: fusion's result kept")
+                return _kept_fallback(fallback, problem, backend, started)
+            if not geometry_kept:  # back to the start: its geometry and its bake
+                with torch.no_grad():
+                    params.offsets.zero_()
+                    params.residual.zero_()
+        if settings.rebake and geometry_kept:
             hooks.check()
             _rebake(problem, params, mesh)
         if settings.texture_iterations > 0:
@@ -124,6 +162,17 @@ def refine(
     )
 
 
+def _kept_fallback(fallback: TexturedMesh, problem: Problem, backend: RenderBackend,
+                   started: float) -> TexturedMesh:
+    """`fallback` unchanged, its info telling what the refinement tried and why it was dropped."""
+    info = dict(fallback.info)
+    info["nvdiffrec"] = {"backend": backend.name, "seconds": round(time.perf_counter() - started, 2),
+                         "result": "fusion", **problem.stats,
+                         "settings": dataclasses.asdict(problem.settings)}
+    return TexturedMesh(vertices=fallback.vertices, faces=fallback.faces, uv=fallback.uv,
+                        texture=fallback.texture, info=info)
+
+
 def starting_mesh(inputs: Inputs, calibration: Calibration, backend: RenderBackend,
                   settings: NvdiffrecSettings, hooks: Hooks = Hooks(),
                   options: ReconOptions = ReconOptions(),
@@ -135,25 +184,47 @@ def starting_mesh(inputs: Inputs, calibration: Calibration, backend: RenderBacke
     A caller's target_faces is an upper limit: it replaces fusion's budget (settings 0, CUDA),
     but never raises the smaller CPU budget, where every joint iteration's cost grows with the
     faces. Refinement moves vertices only, so the result keeps this face count."""
-    from recon.geometry.carve import fuse_geometry
+    return starting_meshes(inputs, calibration, backend, settings, hooks, options, fusion,
+                           with_fusion=False)[0]
+
+
+def starting_meshes(inputs: Inputs, calibration: Calibration, backend: RenderBackend,
+                    settings: NvdiffrecSettings, hooks: Hooks = Hooks(),
+                    options: ReconOptions = ReconOptions(), fusion: FusionConfig = FusionConfig(),
+                    *, with_fusion: bool = True) -> tuple[TexturedMesh, TexturedMesh | None]:
+    """`starting_mesh` and, when its face budget is below fusion's and `with_fusion`, the fusion
+    engine's own result from the same carving (the guard's fallback), else None."""
+    from recon.engines.fusion import textured_fusion
+    from recon.geometry.carve import fuse_geometries
     from recon.texture.bake import bake_texture
 
-    budget = settings.face_budget or options.face_budget(fusion.face_budget)
+    full = options.face_budget(fusion.face_budget)
+    budget = settings.face_budget or full
     if options.target_faces:
         budget = min(budget, options.target_faces)
-    geometry = fuse_geometry(inputs, calibration, resolution=fusion.resolution_for(inputs),
-                             face_budget=budget, hooks=hooks.sub(0.0, 0.5))
+    budgets = [budget, full] if with_fusion and budget < full else [budget]
+    began = time.perf_counter()
+    resolution = fusion.resolution_for(inputs)
+    geometries = fuse_geometries(inputs, calibration, resolution=resolution, face_budgets=budgets,
+                                 hooks=hooks.sub(0.0, 0.4))
+    geometry_s = time.perf_counter() - began
     hooks.check()
-    return bake_texture(
-        np.asarray(geometry.vertices, dtype=np.float32), np.asarray(geometry.faces, dtype=np.int32),
+    start = bake_texture(
+        np.asarray(geometries[0].vertices, dtype=np.float32), np.asarray(geometries[0].faces, dtype=np.int32),
         inputs, calibration, texture_size=fusion.texture_size_for(inputs, options.texture_size), backend=backend,
-        hooks=hooks.sub(0.5, 1.0),
+        hooks=hooks.sub(0.4, 0.7),
     )
+    if len(geometries) == 1:
+        return start, None
+    hooks.check()
+    own = textured_fusion(geometries[1], inputs, calibration, fusion, options, backend, hooks.sub(0.7, 1.0),
+                          resolution=resolution, geometry_s=geometry_s)
+    return start, own
 
 
 class NvdiffrecEngine(BaseEngine):
-    """The registry's `nvdiffrec`: `starting_mesh` (fusion at the settings' face budget, on the
-    engine's device), then `refine`. Available wherever fusion is: on CPU the same optimisation
+    """The registry's `nvdiffrec`: `starting_meshes` (fusion at the settings' face budget, on the
+    engine's device, and fusion's own result for the guard), then `refine`. Available wherever fusion is: on CPU the same optimisation
     runs at reduced size."""
 
     config: NvdiffrecConfig
@@ -166,10 +237,11 @@ class NvdiffrecEngine(BaseEngine):
         settings = self.config.settings_for(self.device)
         if options.texture_size:  # the caller's size wins over the configured texture_size
             settings = dataclasses.replace(settings, texture_size=options.texture_size)
-        base = starting_mesh(inputs, calibration, backend, settings, hooks.sub(0.0, 0.4), options,
-                             self.config.base)
+        base, own = starting_meshes(inputs, calibration, backend, settings, hooks.sub(0.0, 0.4),
+                                    options, self.config.base, with_fusion=settings.guard)
         hooks.check()
         mesh = refine(base, inputs, calibration, backend=backend, settings=settings,
-                      hooks=hooks.sub(0.4, 1.0))
-        mesh.info["engine"] = {"name": self.name, "version": self.version, "base": "fusion"}
+                      hooks=hooks.sub(0.4, 1.0), fallback=own)
+        mesh.info["engine"] = {"name": self.name, "version": self.version, "base": "fusion",
+                               "result": mesh.info["nvdiffrec"].get("result", "refined")}
         return mesh

@@ -12,11 +12,12 @@ from recon.losses import masked_mean, ssim_map
 
 def _photometric(color: torch.Tensor, targets: Targets, covered: torch.Tensor, w_ssim: float) -> torch.Tensor:
     """L1 on pixels inside both silhouettes + w_ssim * (1 - SSIM) over the target's silhouette."""
-    inside = (targets.mask > 0.999) & covered
+    inside = (targets.mask > 0.999) & covered & targets.fitted
     loss = masked_mean((color - targets.color).abs(), inside)
     if w_ssim > 0:
         shown = color * (targets.mask[..., None] > 0)
-        loss = loss + w_ssim * masked_mean(1.0 - ssim_map(shown, targets.color), targets.mask > 0)
+        loss = loss + w_ssim * masked_mean(1.0 - ssim_map(shown, targets.color),
+                                           (targets.mask > 0) & targets.fitted)
     return loss
 
 
@@ -56,9 +57,9 @@ def joint_loss(
     depth_err = F.smooth_l1_loss(depth / problem.edge, targets.depth / problem.edge, reduction="none")
     parts = {
         "photometric": _photometric(shaded[..., :3], targets, covered, s.w_ssim),
-        "mask": s.w_mask * (shaded[..., 3] - targets.mask).pow(2).mean(),
+        "mask": s.w_mask * masked_mean((shaded[..., 3] - targets.mask).pow(2), targets.fitted.expand_as(covered)),
         "silhouette": s.w_silhouette * _silhouette(problem, welded, targets.height),
-        "depth": s.w_depth * masked_mean(depth_err, targets.depth_valid & covered),
+        "depth": s.w_depth * masked_mean(depth_err, targets.depth_valid & covered & targets.fitted),
         "laplacian": s.w_laplacian * reg.laplacian_loss(params.offsets),
         "normal": s.w_normal * reg.normal_consistency_loss(welded),
         "edge": s.w_edge * reg.edge_length_loss(welded),

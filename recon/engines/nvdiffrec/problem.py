@@ -31,6 +31,7 @@ class Targets:
     depth_valid: torch.Tensor  # [6,H,W] bool
     image: torch.Tensor  # [6,H,W,3] the view as given, object over its background
     background: torch.Tensor  # [6,3] each view's background colour
+    fitted: torch.Tensor  # [1,H,W] bool, pixels the fit may use (the rest is held out: guard.py)
 
 
 @dataclass
@@ -49,7 +50,19 @@ class Problem:
     reg: MeshRegulariser
     sdf: torch.Tensor  # [6,1,H0,W0] target-mask signed distance (outside > 0), input pixels
     eyes: torch.Tensor  # [6,3] camera positions
+    holdout: bool = False  # hold out a checkerboard of pixel blocks from every fit (guard.py)
     stats: dict[str, Any] = field(default_factory=dict)
+
+    def fitted_at(self, size: tuple[int, int]) -> torch.Tensor:
+        """[1,H,W] bool at (H, W), rows bottom-up: the pixels the fit may use."""
+        from recon.engines.nvdiffrec.guard import block_size, held_out_blocks
+
+        if not self.holdout:
+            return torch.ones(1, *size, dtype=torch.bool, device=self.device)
+        width, height = self.inputs.image_size
+        held = held_out_blocks(height, width, block_size(width, height)).to(torch.float32)
+        share = F.interpolate(held[None, None], size=size, mode="area")[0]
+        return torch.flip(share < 0.5, dims=[1]).to(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -135,6 +148,7 @@ def targets_at(problem: Problem, long_side: int) -> Targets:
         mask=flip(mask[..., 0]),
         depth=flip(depth[..., 0]),
         depth_valid=flip(v_frac[..., 0] > 0.999),
+        fitted=problem.fitted_at(size),
     )
 
 
@@ -165,7 +179,7 @@ def camera_depth(cameras: list[Camera], vertices: torch.Tensor) -> torch.Tensor:
 
 def prepare(
     mesh: TexturedMesh, inputs: Inputs, calibration: Calibration, backend: RenderBackend,
-    settings: NvdiffrecSettings,
+    settings: NvdiffrecSettings, holdout: bool = False,
 ) -> tuple[Problem, Params]:
     """Weld the atlas seams (offsets must move both copies of a seam vertex together), build the
     regulariser and the silhouette distance fields; return the problem and the starting params."""
@@ -191,6 +205,7 @@ def prepare(
         eyes=torch.as_tensor(
             np.stack([c.position for c in calibration.cameras]), dtype=torch.float32, device=device
         ),
+        holdout=holdout,
     )
     texture = torch.as_tensor(np.asarray(mesh.texture), dtype=torch.float32, device=device) / 255.0
     size = settings.texture_size
@@ -257,4 +272,5 @@ def coverage_targets(problem: Problem, long_side: int) -> CoverageTargets:
         if solid.any():
             band += int((near & ~solid).sum())
     flip = lambda a: torch.flip(torch.as_tensor(np.stack(a)), dims=[1]).to(problem.device)  # noqa: E731
-    return CoverageTargets(alpha=flip(alphas), weight=flip(weights), norm=float(max(band, 1)))
+    weight = flip(weights) * problem.fitted_at(size)
+    return CoverageTargets(alpha=flip(alphas), weight=weight, norm=float(max(band, 1)))

@@ -22,10 +22,12 @@ from recon.optim import Adam, run_stage
 def _optimise(
     problem: Problem, name: str, iterations: int, loss_fn: Callable[[], torch.Tensor], opt: Adam,
     hooks: Hooks, progress: tuple[float, float], deadline: float = math.inf,
+    require_improvement: bool = True,
 ) -> int:
     """recon.optim.run_stage with this problem's limits and stats."""
     return run_stage(name, iterations, loss_fn, opt, hooks, progress, problem.settings.limits,
-                     problem.stats, model="nvdiffrec", deadline=deadline)
+                     problem.stats, model="nvdiffrec", deadline=deadline,
+                     require_improvement=require_improvement)
 
 
 def _joint_stage(
@@ -129,6 +131,8 @@ def _texture_stage(
             fit = (targets.mask > 0.5) | (cover >= 0.5)
         else:  # fully covered in both
             fit = (targets.mask > 0.999) & (cover > 0.999)
+        held = fit & ~targets.fitted
+        fit = fit & targets.fitted
         backdrop = targets.background[:, None, None, :] * (1.0 - hit[..., None])
         # Without mipmaps a lookup needs only its own uv, so only the samples that hit the mesh
         # (a third of the frame or less) are looked up: [1,1,N,2]. Mip levels need the image.
@@ -147,9 +151,9 @@ def _texture_stage(
         fine = fine * gain + backdrop
         return F.avg_pool2d(fine.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1) if k > 1 else fine
 
-    def input_psnr() -> float:
+    def input_psnr(region: torch.Tensor) -> float:
         with torch.no_grad():
-            return psnr(float(masked_mean((render() - targets.image).pow(2), fit)))
+            return psnr(float(masked_mean((render() - targets.image).pow(2), region)))
 
     def loss() -> torch.Tensor:
         shown = render()
@@ -158,12 +162,25 @@ def _texture_stage(
             value = value + w_ssim * masked_mean(1.0 - ssim_map(shown, targets.image), fit)
         return value
 
-    problem.stats["input_psnr_start"] = input_psnr()
+    problem.stats["input_psnr_start"] = input_psnr(fit)
+    before = input_psnr(held) if problem.holdout else math.nan
     w_ssim = s.w_ssim if s.ssim_in_texture_stage else 0.0
     opt = Adam([{"params": [params.residual], "lr": s.lr_texture_stage}])
+    # With the guard, a texture stage that cannot improve on the bake is dropped below, not a
+    # failed job: the bake is then already the better texture.
     done = _optimise(problem, f"texture@{size[1]}x{size[0]}", s.texture_iterations, loss, opt,
-                     hooks, progress, deadline)
-    problem.stats["input_psnr_end"] = input_psnr()
+                     hooks, progress, deadline, require_improvement=not problem.holdout)
+    problem.stats["input_psnr_end"] = input_psnr(fit)
+    if problem.holdout:  # keep the fitted residual only where it also predicts held-out pixels
+        after = input_psnr(held)
+        kept = after > before
+        if not kept:
+            with torch.no_grad():
+                params.residual.zero_()
+        problem.stats.setdefault("guard", {})["texture"] = {
+            "kept": kept, "held_out_psnr": {"before": round(before, 3), "after": round(after, 3)},
+            "why": "the fitted texture predicts the held-out pixels better" if kept
+            else "the fitted texture predicts the held-out pixels worse than the bake: bake kept"}
     return done
 
 
