@@ -1,11 +1,14 @@
 """Quality benchmark of the reconstruction on synthetic cases with known truth.
 
-    python bench/quality.py [--engine fusion|nvdiffrec] [--cases spot,fish,penguin,cup]
+    python bench/quality.py [--engine fusion|nvdiffrec|both] [--cases spot,fish,penguin,cup]
                             [--view-res 2048 --depth-res 1024] [--seed N] [--work DIR]
     python bench/quality.py --suite real [--size full|fast] [--cases spot-open,...]
 
 `--suite real` runs bench/real_suite.py's open, thin and photographic cases instead (same JSON
 per case, plus kind/open and the gate's verdicts; its summary checks that issue's targets).
+`--engine both` runs every case with fusion and nvdiffrec and ends with one comparison JSON
+(`compare_engines`: per case [fusion, nvdiffrec] figures, nvdiffrec's gains, its guard's
+decisions, and the nvdiffrec issue's targets met or missed).
 
 Per case: a field of view drawn from 30-60 degrees (seeded, never told to the pipeline), a rig
 variant and upload-order naming for some cases, the case rendered by recon.synth.cases (cached under
@@ -288,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.real_suite import REAL_CASES, SIZES, real_plan, summarise_real
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", default="fusion", choices=("fusion", "nvdiffrec"))
+    parser.add_argument("--engine", default="fusion", choices=("fusion", "nvdiffrec", "both"),
+                        help="both: each case with fusion and nvdiffrec, then compare_engines()")
     parser.add_argument("--suite", default="synthetic", choices=("synthetic", "real"))
     parser.add_argument("--size", choices=tuple(SIZES),
                         help="views/depths 2048/1024 (full) or 512/256 (fast); overrides "
@@ -313,28 +317,81 @@ def main(argv: list[str] | None = None) -> int:
         names = [case for case, _, _ in REAL_CASES]
     plan = real_plan(names, args.seed) if real else case_plan(names, args.seed)
 
-    results = []
+    engines = ("fusion", "nvdiffrec") if args.engine == "both" else (args.engine,)
+    by_engine: dict[str, list[dict]] = {engine: [] for engine in engines}
     for entry in plan:
         folder = ensure_case(entry, args.work / "cases", args.view_res, args.depth_res, args.novel_res)
         truth = json.loads((folder / "truth.json").read_text())
-        out = args.work / "out" / f"{folder.name}-{args.engine}"
-        run = run_reconstruction(_ordered(folder, truth, "view"), _ordered(folder, truth, "depth"),
-                                 out, args.engine, args.device)
-        try:
-            result = evaluate_case(entry, folder, out, run)
-        except Exception as exc:  # noqa: BLE001 - one broken case must not hide the others
-            result = {"case": entry["case"], "wall_s": run.get("wall_s"),
-                      "error": f"evaluation: {type(exc).__name__}: {exc}"}
-        result["engine"] = args.engine
-        if real:
-            result.update(kind=entry["kind"], open=entry["open"], size=args.size or
-                          f"{args.view_res}/{args.depth_res}")
-        print(json.dumps(result), flush=True)
-        results.append(result)
+        for engine in engines:
+            out = args.work / "out" / f"{folder.name}-{engine}"
+            run = run_reconstruction(_ordered(folder, truth, "view"), _ordered(folder, truth, "depth"),
+                                     out, engine, args.device)
+            try:
+                result = evaluate_case(entry, folder, out, run)
+            except Exception as exc:  # noqa: BLE001 - one broken case must not hide the others
+                result = {"case": entry["case"], "wall_s": run.get("wall_s"),
+                          "error": f"evaluation: {type(exc).__name__}: {exc}"}
+            result["engine"] = engine
+            if engine == "nvdiffrec" and "error" not in result:
+                quality = json.loads((out / "quality.json").read_text())
+                result["guard"] = quality.get("engine_info", {}).get("nvdiffrec", {}).get("guard")
+            if real:
+                result.update(kind=entry["kind"], open=entry["open"], size=args.size or
+                              f"{args.view_res}/{args.depth_res}")
+            print(json.dumps(result), flush=True)
+            by_engine[engine].append(result)
     size = args.size or f"{args.view_res}/{args.depth_res}"
-    summary = summarise_real(results, args.engine, size) if real else summarise(results)
-    print(json.dumps(summary), flush=True)
+    for engine in engines:
+        summary = summarise_real(by_engine[engine], engine, size) if real else summarise(by_engine[engine])
+        print(json.dumps({**summary, "engine": engine}), flush=True)
+    if len(engines) == 2:
+        print(json.dumps(compare_engines(by_engine["fusion"], by_engine["nvdiffrec"], size)), flush=True)
     return 0
+
+
+ENGINE_TARGETS = {
+    "max_loss_db": 0.1,  # nvdiffrec's input and novel PSNR at most this far below fusion's, every case
+    "mean_novel_gain_db_min": 1.0,
+    "chamfer_ratio_max": 1.0,  # nvdiffrec's Chamfer no worse than fusion's
+    "wall_s_max": 180.0,
+    "peak_rss_mib_max": 4096.0,
+}
+
+
+def compare_engines(fusion: list[dict], nvdiffrec: list[dict], size: str) -> dict:
+    """nvdiffrec against fusion case by case (the nvdiffrec issue's targets), one JSON object."""
+    t = ENGINE_TARGETS
+    by_case = {r["case"]: r for r in fusion if "error" not in r}
+    pairs = [(by_case[r["case"]], r) for r in nvdiffrec if "error" not in r and r["case"] in by_case]
+    rows = [{
+        "case": n["case"],
+        "input_psnr": [round(f["input_psnr"], 3), round(n["input_psnr"], 3)],
+        "novel_psnr": [round(f["novel_psnr"], 3), round(n["novel_psnr"], 3)],
+        "chamfer_pct": [round(f["chamfer_pct"], 4), round(n["chamfer_pct"], 4)],
+        "input_gain_db": round(n["input_psnr"] - f["input_psnr"], 3),
+        "novel_gain_db": round(n["novel_psnr"] - f["novel_psnr"], 3),
+        "wall_s": [f["wall_s"], n["wall_s"]], "peak_rss_mib": [f["peak_rss_mib"], n["peak_rss_mib"]],
+        "guard": {k: v.get("kept") for k, v in (n.get("guard") or {}).items()},
+    } for f, n in pairs]
+    complete = bool(rows) and len(rows) == len(nvdiffrec) == len(fusion)
+    gains = [r["novel_gain_db"] for r in rows]
+    checks = {
+        "never_below_fusion": all(min(r["input_gain_db"], r["novel_gain_db"]) >= -t["max_loss_db"]
+                                  for r in rows),
+        "mean_novel_gain": bool(gains) and float(np.mean(gains)) >= t["mean_novel_gain_db_min"],
+        "chamfer": all(r["chamfer_pct"][1] <= t["chamfer_ratio_max"] * r["chamfer_pct"][0] for r in rows),
+        "wall_time": all(n["wall_s"] <= t["wall_s_max"] for _, n in pairs),
+        "peak_rss": all(n["peak_rss_mib"] <= t["peak_rss_mib_max"] for _, n in pairs),
+    }
+    checks = {k: bool(v) and complete for k, v in checks.items()}
+    return {
+        "comparison": True, "engines": ["fusion", "nvdiffrec"], "size": size, "targets": t,
+        "met": sorted(k for k, v in checks.items() if v),
+        "missed": sorted(k for k, v in checks.items() if not v),
+        "mean_gain_db": {"input": round(float(np.mean([r["input_gain_db"] for r in rows])), 3) if rows else None,
+                         "novel": round(float(np.mean(gains)), 3) if gains else None},
+        "cases": rows,
+    }
 
 
 if __name__ == "__main__":
