@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from recon.calibration.rig import Camera
 from recon.engines.nvdiffrec.config import NvdiffrecSettings
+from recon.engines.nvdiffrec.guard import block_size, held_out_blocks
 from recon.inputs.coverage import background_colour, colour_coverage, outline_band
 from recon.losses import MeshRegulariser
 from recon.mesh import TexturedMesh
@@ -55,8 +56,6 @@ class Problem:
 
     def fitted_at(self, size: tuple[int, int]) -> torch.Tensor:
         """[1,H,W] bool at (H, W), rows bottom-up: the pixels the fit may use."""
-        from recon.engines.nvdiffrec.guard import block_size, held_out_blocks
-
         if not self.holdout:
             return torch.ones(1, *size, dtype=torch.bool, device=self.device)
         width, height = self.inputs.image_size
