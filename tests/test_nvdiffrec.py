@@ -257,6 +257,14 @@ def test_guard_holds_out_the_same_blocks_at_every_resolution():
     assert bool(((small == 0) | (small == 1)).all())  # blocks of 8 px map onto 2 px exactly
 
 
+def _true_surface() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixture's true ellipsoid (vertices, faces, uv), for meshes the tests build from it."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    sphere.vertices[:, 1] *= 0.8
+    vmap, faces, uv = xatlas.parametrize(sphere.vertices, sphere.faces)
+    return sphere.vertices[vmap].astype(np.float32), faces, uv
+
+
 def test_guard_scores_the_right_geometry_above_a_wrong_one(case):
     """The held-out score that decides whether a refined geometry is kept: the true surface
     predicts the held-out pixels better than the same surface bumped or scaled."""
@@ -264,10 +272,7 @@ def test_guard_scores_the_right_geometry_above_a_wrong_one(case):
     backend = get_backend("cpu")
     config = GuardConfig(long_side=RES, texture_size=128)
     truth = TexturedMesh(start.vertices, start.faces, start.uv, start.texture)
-    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
-    sphere.vertices[:, 1] *= 0.8
-    vmap, _, _ = xatlas.parametrize(sphere.vertices, sphere.faces)
-    true_vertices = sphere.vertices[vmap].astype(np.float32)
+    true_vertices = _true_surface()[0]
     score = lambda v: held_out_score(v, truth.faces, truth.uv, inputs, inputs, calib, backend, config)  # noqa: E731
     right = score(true_vertices)
     assert right > score(start.vertices) + 0.5  # the bumped start
@@ -280,10 +285,7 @@ def test_guard_keeps_the_start_when_the_refinement_makes_it_worse(case):
     the start's geometry comes back unchanged and quality.json's engine_info says why; with the
     guard off the same run returns the worse mesh."""
     inputs, calib, _ = case
-    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
-    sphere.vertices[:, 1] *= 0.8
-    vmap, faces, uv = xatlas.parametrize(sphere.vertices, sphere.faces)
-    vertices = sphere.vertices[vmap].astype(np.float32)
+    vertices, faces, uv = _true_surface()
     start = TexturedMesh(vertices, faces.astype(np.int32), uv.astype(np.float32), _bake(vertices, faces, uv, 128))
     wrong = Calibration(calib.variant, calib.fov_deg, calib.cameras, calib.depth_cameras,
                         [d * 0.9 for d in calib.depths], calib.depth_fit)
@@ -303,10 +305,7 @@ def test_guard_returns_fusions_own_result_when_it_predicts_best(case):
     fallback (standing in for fusion's full-budget mesh, here the true surface) predicts the
     held-out pixels best, so it is returned as it is."""
     inputs, calib, bumped = case
-    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
-    sphere.vertices[:, 1] *= 0.8
-    vmap, faces, uv = xatlas.parametrize(sphere.vertices, sphere.faces)
-    vertices = sphere.vertices[vmap].astype(np.float32)
+    vertices, faces, uv = _true_surface()
     own = TexturedMesh(vertices, faces.astype(np.int32), uv.astype(np.float32), _bake(vertices, faces, uv, 128),
                        {"engine": {"name": "fusion"}})
     wrong = Calibration(calib.variant, calib.fov_deg, calib.cameras, calib.depth_cameras,
@@ -315,6 +314,27 @@ def test_guard_returns_fusions_own_result_when_it_predicts_best(case):
     out = refine(bumped, inputs, wrong, backend=get_backend("cpu"), settings=settings, fallback=own)
     info = out.info["nvdiffrec"]
     assert info["result"] == "fusion", info["guard"]
-    scores = info["guard"]["geometry"]["held_out_psnr"]
-    assert scores["fusion"] > scores["refined"]
+    assert info["guard"]["geometry"]["kept"] is False, info["guard"]
     assert np.array_equal(out.vertices, own.vertices) and np.array_equal(out.texture, own.texture)
+
+
+def test_guard_returns_the_refinement_only_when_it_matches_fusion_at_the_views_size(case):
+    """A refinement that helps its coarse start (kept on held-out pixels) is still compared with
+    fusion's own result at the views' size: against a better fallback (the true surface and
+    texture) fusion's comes back; against a worse one (the start itself) the refinement does."""
+    inputs, calib, bumped = case
+    vertices, faces, uv = _true_surface()
+    better = TexturedMesh(vertices, faces.astype(np.int32), uv.astype(np.float32), _bake(vertices, faces, uv, 128),
+                          {"engine": {"name": "fusion"}})
+    settings = _settings(texture_iterations=0)
+    out = refine(bumped, inputs, calib, backend=get_backend("cpu"), settings=settings, fallback=better)
+    guard = out.info["nvdiffrec"]["guard"]
+    assert guard["geometry"]["kept"] is True, guard
+    assert guard["result"]["kept"] is False, guard
+    assert guard["result"]["input_psnr"]["fusion"] > guard["result"]["input_psnr"]["refined"]
+    assert out.info["nvdiffrec"]["result"] == "fusion" and np.array_equal(out.vertices, better.vertices)
+    worse = TexturedMesh(bumped.vertices, bumped.faces, bumped.uv, bumped.texture, {"engine": {"name": "fusion"}})
+    out = refine(bumped, inputs, calib, backend=get_backend("cpu"), settings=settings, fallback=worse)
+    guard = out.info["nvdiffrec"]["guard"]
+    assert guard["result"]["kept"] is True, guard
+    assert "result" not in out.info["nvdiffrec"] and not np.array_equal(out.vertices, bumped.vertices)

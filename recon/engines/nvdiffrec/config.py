@@ -92,7 +92,8 @@ class NvdiffrecSettings:
     divergence_factor: float = 3.0  # the loss rising above this multiple of its start is failure
     # Hold out a checkerboard of pixel blocks from every fit and keep the geometry stages and the
     # texture stage only when they predict those pixels better than what they started from
-    # (guard.py): the refinement then never returns a result worse than its start.
+    # (guard.py), and the refined mesh only when it predicts the views at their size at least
+    # as well as fusion's own result (else that result comes back).
     guard: bool = True
     seed: int = 0
     # CPU threads for torch during the run (0: leave torch's setting). 1 by default on CPU: with
@@ -141,7 +142,7 @@ class NvdiffrecConfig(EngineConfig):
     settings per device kind (e.g. RECON_NVDIFFREC__CPU__JOINT_ITERATIONS=100 in the service)."""
 
     name: ClassVar[str] = "nvdiffrec"
-    version: str = "1.6.0"
+    version: str = "1.7.0"
     base: FusionConfig = Field(default_factory=FusionConfig)
     cpu: NvdiffrecSettings = Field(default_factory=NvdiffrecSettings)
     cuda: CudaNvdiffrecSettings = Field(default_factory=CudaNvdiffrecSettings)

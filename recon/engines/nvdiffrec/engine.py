@@ -38,7 +38,7 @@ import torch
 from recon.engines.base import BaseEngine
 from recon.engines.fusion import FusionConfig
 from recon.engines.nvdiffrec.config import NvdiffrecConfig, NvdiffrecSettings
-from recon.engines.nvdiffrec.guard import GuardConfig, downsized, held_out_score
+from recon.engines.nvdiffrec.guard import GuardConfig, downsized, held_out_score, view_psnr
 from recon.engines.nvdiffrec.problem import Problem, prepare
 from recon.engines.nvdiffrec.stages import _joint_stage, _rebake, _silhouette_stage, _texture_stage
 from recon.errors import VramOOM
@@ -61,9 +61,10 @@ def refine(
 ) -> TexturedMesh:
     """Optimise `mesh` (geometry and texture; topology and UV atlas fixed) against the six views.
 
-    With the guard (settings.guard), `fallback` (fusion's own result, when `mesh` is a coarser
-    copy of it) is scored on the held-out pixels as well: unless the refined geometry predicts
-    them better, the fallback is returned as it is.
+    With the guard (settings.guard) and a `fallback` (fusion's own result, when `mesh` is a
+    coarser copy of it), the fallback is returned as it is unless the refined geometry predicts
+    the held-out pixels better than its start and the refined mesh predicts the views at their
+    size at least as well as the fallback (guard.py).
 
     Raises ConvergenceFailed (MODEL_CONVERGENCE_FAILED) when the loss becomes non-finite, rises
     above `divergence_factor` x its start, or does not improve in the first stage; VramOOM on CUDA
@@ -82,10 +83,8 @@ def refine(
         guard = replace(guard, texture_size=min(guard.texture_size, int(np.asarray(mesh.texture).shape[0])))
         if settings.guard:
             small = downsized(inputs, guard.long_side)
-            # the refined geometry is judged against fusion's result when there is one, else its start
-            reference = mesh if fallback is None else fallback
-            reference_score = held_out_score(reference.vertices, reference.faces, reference.uv, small,
-                                             inputs, calibration, backend, guard)
+            start_score = held_out_score(mesh.vertices, mesh.faces, mesh.uv, small, inputs, calibration,
+                                         backend, guard)
         silhouette = settings.silhouette_resolution > 0 and settings.silhouette_iterations > 0
         stages = (len(settings.joint_resolutions) + int(silhouette)
                   + (1 if settings.texture_iterations > 0 else 0))
@@ -107,12 +106,8 @@ def refine(
                 moved_vertices = params.welded(problem)[problem.weld].cpu().numpy()
             refined_score = held_out_score(moved_vertices, mesh.faces, mesh.uv, small, inputs,
                                            calibration, backend, guard)
-            # With fusion's own result at hand, the refinement must beat it: a start at a coarser
-            # face budget can score above fusion on held-out pixels at the guard's size and
-            # still lose detail at the views' full size.
-            geometry_kept = refined_score > reference_score + guard.margin_db
-            scores = {"start" if fallback is None else "fusion": round(reference_score, 3),
-                      "refined": round(refined_score, 3)}
+            geometry_kept = refined_score > start_score + guard.margin_db
+            scores = {"start": round(start_score, 3), "refined": round(refined_score, 3)}
             problem.stats.setdefault("guard", {})["geometry"] = {
                 "kept": geometry_kept, "held_out_psnr": scores,
                 "why": "the refined geometry predicts the held-out pixels better" if geometry_kept
@@ -137,6 +132,13 @@ def refine(
             out_tex = (params.texture()[0] * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
             moved = (problem.edge * params.offsets).norm(dim=1)
             gains = params.gains().cpu().numpy()
+        if settings.guard and fallback is not None:
+            hooks.check()
+            result = TexturedMesh(vertices, np.asarray(mesh.faces, np.int32), np.asarray(mesh.uv, np.float32),
+                                  out_tex)
+            if not _beats_fallback(result, fallback, inputs, calibration, backend, guard, problem):
+                hooks.progress(1.0, "nvdiffrec done: fusion's result kept")
+                return _kept_fallback(fallback, problem, backend, started)
     except torch.cuda.OutOfMemoryError as exc:
         raise VramOOM(f"nvdiffrec ran out of GPU memory: {exc}", model="nvdiffrec") from exc
     finally:
@@ -162,6 +164,21 @@ def refine(
         texture=out_tex,
         info=info,
     )
+
+
+def _beats_fallback(result: TexturedMesh, fallback: TexturedMesh, inputs: Inputs, calibration: Calibration,
+                    backend: RenderBackend, guard: GuardConfig, problem: Problem) -> bool:
+    """Whether the refined `result` predicts the views at their size at least as well as fusion's
+    own result (`view_psnr`); the decision goes into the guard's stats."""
+    began = time.perf_counter()
+    refined, fusion = (view_psnr(m, inputs, calibration, backend, guard) for m in (result, fallback))
+    kept = refined >= fusion
+    problem.stats.setdefault("guard", {})["result"] = {
+        "kept": kept, "input_psnr": {"fusion": round(fusion, 3), "refined": round(refined, 3)},
+        "seconds": round(time.perf_counter() - began, 2),
+        "why": "the refined mesh predicts the views at their size at least as well as fusion's" if kept
+        else "the refined mesh predicts the views at their size worse than fusion's: fusion's result kept"}
+    return kept
 
 
 def _kept_fallback(fallback: TexturedMesh, problem: Problem, backend: RenderBackend,

@@ -9,8 +9,15 @@ of every fit, and each step is kept only when it predicts those pixels better:
 - Geometry (the joint and silhouette stages together): the start and the refined geometry are
   each textured by a bake that saw only the fitted blocks, and scored on the held-out ones
   (`held_out_score`). A held-out pixel's colour then comes through the geometry from other
-  views or from its neighbours, so a surface in the wrong place shows as error there.
+  views or from its neighbours, so a surface in the wrong place shows as error there. Only
+  meshes with the same faces and atlas are compared this way: how a bake fills held-out
+  texels depends on the atlas, and a coarser mesh's larger charts scored above fusion's own
+  mesh on held-out pixels while it lost at the views' full size.
 - Texture (the texture-only stage): scored on the held-out pixels before and after.
+- Result: the refined mesh against fusion's own (full face budget, full-size bake) on every
+  pixel of the views at up to `view_long_side` (`view_psnr`), as quality.json measures them:
+  both textures are bakes of the same pixels, so what this shows is the detail a fit at
+  reduced resolution and face budget loses, which the held-out check cannot see.
 
 The same idea with whole views held out (a bake from five views scored on the sixth) was tried
 first: it cost more, and it ranked a refined mesh above its start where novel views did not.
@@ -24,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from recon.mesh import TexturedMesh
 from recon.quality.metrics import area_resize, block_mean, composite_over_white
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
@@ -34,12 +42,16 @@ from recon.types import Calibration, Inputs
 class GuardConfig:
     """Sizes of the geometry check: views shrunk to `long_side` for its bakes and renders, a
     texture of `texture_size`, `supersample`^2 samples per pixel (as quality.json renders).
-    `margin_db`: the refined geometry must beat the start's held-out PSNR by more than this."""
+    `margin_db`: the refined geometry must beat the start's held-out PSNR by more than this.
+    `view_long_side`, `view_supersample`: the size and samples per pixel at which the result is
+    compared with fusion's own (one sample: both meshes' outlines are judged alike)."""
 
     long_side: int = 512
     texture_size: int = 1024
     supersample: int = 2
     margin_db: float = 0.0
+    view_long_side: int = 1024
+    view_supersample: int = 1
 
 
 def downsized(inputs: Inputs, long_side: int) -> Inputs:
@@ -87,6 +99,29 @@ def held_out_score(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, smal
         target = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
                              width, height)
         region = (small.masks[i] | shown) & held
+        error += float(((colour - target) ** 2)[region].sum())
+        count += int(region.sum()) * 3
+    return float(10.0 * np.log10(1.0 / max(error / max(count, 1), 1e-10)))
+
+
+def view_psnr(mesh: TexturedMesh, inputs: Inputs, calibration: Calibration, backend: RenderBackend,
+              config: GuardConfig = GuardConfig()) -> float:
+    """Object-pixel PSNR of `mesh` with its own texture over all views (pooled squared error),
+    rendered at min(view size, `view_long_side`) with `view_supersample`^2 samples per pixel."""
+    width, height = inputs.image_size
+    scale = min(1.0, config.view_long_side / max(width, height))
+    width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    k = max(1, config.view_supersample)
+    error, count = 0.0, 0
+    for i, camera in enumerate(calibration.cameras):
+        view = render_mesh(backend, camera.at_resolution(width * k, height * k), mesh.vertices, mesh.faces,
+                           mesh.uv, mesh.texture)
+        assert view.color is not None
+        colour = block_mean(view.color, k)
+        shown = block_mean(view.mask.astype(np.float32), k) >= 0.5
+        target = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
+                             width, height)
+        region = area_resize(np.asarray(inputs.masks[i], bool), width, height) | shown
         error += float(((colour - target) ** 2)[region].sum())
         count += int(region.sum()) * 3
     return float(10.0 * np.log10(1.0 / max(error / max(count, 1), 1e-10)))
