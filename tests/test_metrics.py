@@ -7,7 +7,7 @@ import numpy as np
 
 from recon.calibration.rig import RigVariant, rig_cameras
 from recon.mesh import TexturedMesh
-from recon.quality.metrics import composite_over_white, quality_report
+from recon.quality.metrics import block_mean, composite_over_white, quality_report
 from recon.render import get_backend
 from recon.render.views import render_mesh
 from recon.synth.cases import load_test_mesh
@@ -53,3 +53,19 @@ def test_composite_over_white_keeps_object_pixels_and_whitens_the_rest():
     out = composite_over_white(image, mask)
     assert out.shape == (2, 2, 3) and out.dtype == np.float32
     assert (out[mask] == 0.25).all() and (out[~mask] == 1.0).all()
+
+
+def test_block_mean_is_the_box_filter_of_each_block():
+    """Each output pixel is the mean of its factor x factor block (a ragged edge is dropped),
+    for colour and mask images, with the input's float precision kept."""
+    rng = np.random.default_rng(0)
+    image = rng.random((13, 10, 3)).astype(np.float32)
+    for factor in (1, 2, 3):
+        h, w = 13 // factor, 10 // factor
+        expected = image[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
+        out = block_mean(image, factor)
+        assert out.shape == (h, w, 3) and out.dtype == np.float32
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+    mask = np.zeros((4, 4), np.float32)
+    mask[0, 0] = 1.0
+    assert block_mean(mask, 2).tolist() == [[0.25, 0.0], [0.0, 0.0]]

@@ -64,12 +64,17 @@ def ssim(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> floa
 
 
 def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor x factor blocks (box-filter downsampling of a supersampled render)."""
+    """Mean over factor x factor blocks (box-filter downsampling of a supersampled render), as a
+    sum of strided slices: several times faster than a mean over reshaped block axes."""
     if factor == 1:
         return image
     h, w = image.shape[0] // factor, image.shape[1] // factor
-    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, *image.shape[2:])
-    return blocks.mean(axis=(1, 3))
+    out = np.zeros((h, w, *image.shape[2:]), np.result_type(image.dtype, np.float32))
+    for dy in range(factor):
+        for dx in range(factor):
+            out += image[dy: h * factor: factor, dx: w * factor: factor]
+    out *= 1.0 / (factor * factor)
+    return out
 
 
 def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
