@@ -76,8 +76,10 @@ class NvdiffrecSettings:
     optimise_gains: bool = False  # per-view exposure/white balance (real captures)
     filter_mode: str = "linear"
     check_every: int = 10  # iterations between progress/cancel checks and convergence windows
-    # Wall-clock budget of the refinement (0: none). Joint stages share 60 %, the texture stage
-    # gets the rest; a stage that reaches its share stops as if converged.
+    # Wall-clock budget (0: none) of the engine run, its starting meshes included (of `refine`
+    # alone when called without the engine's start): joint stages end by 60 % of it, the
+    # silhouette stage by 75 %, the texture stage by 100 %; a stage that reaches its share stops
+    # as if converged.
     time_budget_s: float = 120.0
     ssim_in_texture_stage: bool = False  # SSIM at the input resolution is costly on CPU
     # The texture stage also fits outline pixels (partly covered, or in only one of the input

@@ -58,6 +58,7 @@ def refine(
     settings: NvdiffrecSettings | None = None,
     hooks: Hooks = Hooks(),
     fallback: TexturedMesh | None = None,
+    budget_start: float | None = None,
 ) -> TexturedMesh:
     """Optimise `mesh` (geometry and texture; topology and UV atlas fixed) against the six views.
 
@@ -65,6 +66,9 @@ def refine(
     coarser copy of it), the fallback is returned as it is unless the refined geometry predicts
     the held-out pixels better than its start and the refined mesh predicts the views at their
     size at least as well as the fallback (guard.py).
+
+    `budget_start` (a time.perf_counter() value): where settings.time_budget_s counts from (the
+    engine's start, so that its starting meshes count too); default: this call's start.
 
     Raises ConvergenceFailed (MODEL_CONVERGENCE_FAILED) when the loss becomes non-finite, rises
     above `divergence_factor` x its start, or does not improve in the first stage; VramOOM on CUDA
@@ -74,6 +78,7 @@ def refine(
         settings = NvdiffrecSettings.for_device(backend.device.type)
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
+    clock = started if budget_start is None else budget_start  # what settings.time_budget_s counts from
     threads = torch.get_num_threads()
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
@@ -92,13 +97,13 @@ def refine(
         budget = settings.time_budget_s or math.inf
         joints = len(settings.joint_resolutions)
         for i, long_side in enumerate(settings.joint_resolutions):
-            deadline = started + budget * 0.6 * (i + 1) / max(joints, 1)
+            deadline = clock + budget * 0.6 * (i + 1) / max(joints, 1)
             total += _joint_stage(problem, long_side, params, hooks,
                                   (i / stages, (i + 1) / stages), deadline)
         if silhouette:
             done = joints / stages
             total += _silhouette_stage(problem, params, hooks, (done, done + 1 / stages),
-                                       started + budget * 0.75)
+                                       clock + budget * 0.75)
         geometry_kept = True
         if settings.guard:
             hooks.check()
@@ -123,22 +128,27 @@ def refine(
         if settings.rebake and geometry_kept:
             hooks.check()
             _rebake(problem, params, mesh)
+        if settings.guard and fallback is not None:
+            # Before the texture stage: it is kept only when it improves the held-out pixels, so
+            # it cannot turn a mesh that loses to fusion's at the views' size into one that wins.
+            hooks.check()
+            with torch.no_grad():
+                result = TexturedMesh(
+                    params.welded(problem)[problem.weld].cpu().numpy().astype(np.float32),
+                    np.asarray(mesh.faces, np.int32), np.asarray(mesh.uv, np.float32),
+                    (params.texture()[0] * 255.0 + 0.5).to(torch.uint8).cpu().numpy())
+            if not _beats_fallback(result, fallback, inputs, calibration, backend, guard, problem):
+                hooks.progress(1.0, "nvdiffrec done: fusion's result kept")
+                return _kept_fallback(fallback, problem, backend, started)
         if settings.texture_iterations > 0:
             total += _texture_stage(problem, params, hooks, ((stages - 1) / stages, 1.0),
-                                    started + budget)
+                                    clock + budget)
         hooks.progress(1.0, "nvdiffrec done")
         with torch.no_grad():
             vertices = params.welded(problem)[problem.weld].cpu().numpy().astype(np.float32)
             out_tex = (params.texture()[0] * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
             moved = (problem.edge * params.offsets).norm(dim=1)
             gains = params.gains().cpu().numpy()
-        if settings.guard and fallback is not None:
-            hooks.check()
-            result = TexturedMesh(vertices, np.asarray(mesh.faces, np.int32), np.asarray(mesh.uv, np.float32),
-                                  out_tex)
-            if not _beats_fallback(result, fallback, inputs, calibration, backend, guard, problem):
-                hooks.progress(1.0, "nvdiffrec done: fusion's result kept")
-                return _kept_fallback(fallback, problem, backend, started)
     except torch.cuda.OutOfMemoryError as exc:
         raise VramOOM(f"nvdiffrec ran out of GPU memory: {exc}", model="nvdiffrec") from exc
     finally:
@@ -256,11 +266,12 @@ class NvdiffrecEngine(BaseEngine):
         settings = self.config.settings_for(self.device)
         if options.texture_size:  # the caller's size wins over the configured texture_size
             settings = dataclasses.replace(settings, texture_size=options.texture_size)
+        began = time.perf_counter()
         base, own = starting_meshes(inputs, calibration, backend, settings, hooks.sub(0.0, 0.4),
                                     options, self.config.base, with_fusion=settings.guard)
         hooks.check()
         mesh = refine(base, inputs, calibration, backend=backend, settings=settings,
-                      hooks=hooks.sub(0.4, 1.0), fallback=own)
+                      hooks=hooks.sub(0.4, 1.0), fallback=own, budget_start=began)
         mesh.info["engine"] = {"name": self.name, "version": self.version, "base": "fusion",
                                "result": mesh.info["nvdiffrec"].get("result", "refined")}
         return mesh
