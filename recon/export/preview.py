@@ -19,6 +19,7 @@ from recon.mesh import TexturedMesh
 from recon.render import single_threaded
 from recon.render.base import RenderBackend
 from recon.render.views import RenderedView, render_mesh, vertex_normals
+from recon.threads import map_in_threads
 
 PREVIEW_ANGLES = ((35.0, 25.0), (215.0, 25.0))  # (azimuth, elevation) in degrees
 PREVIEW_FILES = tuple(
@@ -120,10 +121,9 @@ def write_previews(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = render_previews(mesh, backend, fov_deg, resolution)
-    paths = []
-    for name in PREVIEW_FILES:
-        Image.fromarray(images[name]).save(out / name)
-        paths.append(out / name)
+    paths = [out / name for name in PREVIEW_FILES]
+    for _ in map_in_threads(lambda path: Image.fromarray(images[path.name]).save(path), paths):
+        pass  # PNG encoding releases the GIL: the four files are written side by side
     return paths
 
 
@@ -136,9 +136,11 @@ def write_turntable(mesh: TexturedMesh, out_dir: Path, backend: RenderBackend, f
     out.mkdir(parents=True, exist_ok=True)
     angles = [(360.0 * k / frames, TURNTABLE_ELEVATION) for k in range(frames)]
     shared = _per_mesh(mesh)
+    threads = None if backend.device.type == "cpu" else 1  # small frames side by side (recon.threads)
     with single_threaded(backend):
-        images = [Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera, shared)[1]))
-                  for camera in preview_cameras(mesh.vertices, fov_deg, size, angles)]
+        images = list(map_in_threads(
+            lambda camera: Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera, shared)[1])),
+            preview_cameras(mesh.vertices, fov_deg, size, angles), threads))
     path = out / TURNTABLE_FILE
     images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], loop=0,
                    duration=TURNTABLE_FRAME_MS, quality=TURNTABLE_QUALITY, method=4)

@@ -20,6 +20,7 @@ from recon.mesh import TexturedMesh
 from recon.quality.gate import GateSettings, depth_agreement, gate_scores, structure_images, worst_status
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
+from recon.threads import map_in_threads
 from recon.types import Calibration, Inputs
 
 BANDS = {
@@ -188,9 +189,10 @@ def quality_report(
     """
     diagonal = float(np.linalg.norm(np.ptp(np.asarray(mesh.vertices), axis=0)))
     gate = GateSettings()
-    views = []
     gains = mesh.info.get("texture", {}).get("view_gains")  # recon.texture.photometric, when the bake solved them
-    for i, camera in enumerate(calibration.cameras):
+
+    def measure_view(i: int) -> dict[str, Any]:
+        camera = calibration.cameras[i]
         width, height = _render_size(camera.width, camera.height, max_resolution)
         k = max(1, int(supersample))
         view = render_mesh(backend, camera.at_resolution(width * k, height * k), mesh.vertices,
@@ -214,7 +216,11 @@ def quality_report(
         entry.update(_gate_view(colour, rendered_mask, image, mask, depths, diagonal, gate))
         if images_dir is not None:
             write_comparison(images_dir, camera.slot, image, colour)
-        views.append(entry)
+        return entry
+
+    # views side by side on the CPU backend (recon.threads); a GPU serialises them anyway
+    threads = None if backend.device.type == "cpu" else 1
+    views = list(map_in_threads(measure_view, range(len(calibration.cameras)), threads))
 
     def mean(key: str) -> float | None:
         values = [v[key] for v in views if v[key] is not None]

@@ -16,6 +16,7 @@ Differences from nvdiffrast (all documented, none affects the shared code paths)
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -26,8 +27,24 @@ from embreex.mesh_construction import TriangleMesh
 
 from recon.calibration.rig import Camera
 from recon.render.base import RenderBackend
+from recon.threads import core_count, map_in_threads
 
 _MIN_W = 1e-8
+# Rays per thread below which splitting a cast costs more than it saves.
+_MIN_RAYS_PER_THREAD = 1 << 17
+
+
+def first_hits(scene: rtcore_scene.EmbreeScene, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """The first triangle each ray hits (-1 for none), int64. A large batch (a full-size view is
+    millions of rays) is split over the cores; rays are independent, so the result is the same
+    as one call's."""
+    parts = min(core_count(), len(origins) // _MIN_RAYS_PER_THREAD)
+    if parts < 2:
+        return np.asarray(scene.run(origins, dirs), dtype=np.int64)
+    bounds = np.linspace(0, len(origins), parts + 1).astype(int)
+    chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    return np.concatenate([np.asarray(hit, dtype=np.int64) for hit in
+                           map_in_threads(lambda c: scene.run(origins[c], dirs[c]), chunks)])
 
 
 def _pixel_centres_ndc(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +88,7 @@ def _nearest_triangle(
     origins = origins.reshape(-1, 3)
     dirs = np.zeros_like(origins)
     dirs[:, 2] = 1.0
-    hit = np.asarray(scene.run(origins, dirs), dtype=np.int64)
+    hit = first_hits(scene, origins, dirs)
     local = np.nonzero(hit >= 0)[0]
     pix = (local // rect_w + r0) * width + (local % rect_w + c0)
     return pix, hit[local]
@@ -132,21 +149,24 @@ def _rast_from_hits(
 
 
 _WORLD_SCENES: OrderedDict[tuple, rtcore_scene.EmbreeScene] = OrderedDict()
+_WORLD_SCENES_LOCK = threading.Lock()  # views of one mesh are rendered from several threads
 
 
 def _world_scene(vertices: np.ndarray, faces: np.ndarray) -> rtcore_scene.EmbreeScene:
-    """Embree BVH of a world-space mesh, cached by content (a few recent meshes)."""
+    """Embree BVH of a world-space mesh, cached by content (a few recent meshes); built once
+    even when several threads ask for it at the same time."""
     key = (vertices.shape, faces.shape, hash(vertices.tobytes()), hash(faces.tobytes()))
-    scene = _WORLD_SCENES.get(key)
-    if scene is None:
-        scene = rtcore_scene.EmbreeScene()
-        TriangleMesh(scene=scene, vertices=vertices, indices=faces)
-        _WORLD_SCENES[key] = scene
-        while len(_WORLD_SCENES) > 3:
-            _WORLD_SCENES.popitem(last=False)
-    else:
-        _WORLD_SCENES.move_to_end(key)
-    return scene
+    with _WORLD_SCENES_LOCK:
+        scene = _WORLD_SCENES.get(key)
+        if scene is None:
+            scene = rtcore_scene.EmbreeScene()
+            TriangleMesh(scene=scene, vertices=vertices, indices=faces)
+            _WORLD_SCENES[key] = scene
+            while len(_WORLD_SCENES) > 3:
+                _WORLD_SCENES.popitem(last=False)
+        else:
+            _WORLD_SCENES.move_to_end(key)
+        return scene
 
 
 class CpuBackend(RenderBackend):
@@ -212,7 +232,7 @@ class CpuBackend(RenderBackend):
         dirs_cam = np.stack([(jj - width / 2) / f, -(ii - height / 2) / f, -np.ones_like(jj)], -1)
         dirs = (dirs_cam.reshape(-1, 3) @ camera.c2w[:3, :3].T).astype(np.float32)
         origins = np.broadcast_to(camera.position.astype(np.float32), dirs.shape).copy()
-        hit = np.asarray(scene.run(origins, dirs), dtype=np.int64)
+        hit = first_hits(scene, origins, dirs)
         local = np.nonzero(hit >= 0)[0]
         face = hit[local]
         ok = (pos[:, 3].numpy()[tri_np[face]] > _MIN_W).all(axis=1)

@@ -32,6 +32,7 @@ from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
 from recon.texture.atlas import triangle_samples, unwrap
 from recon.texture.photometric import solve_gains
+from recon.threads import map_in_threads
 from recon.types import Calibration, Inputs
 
 ANGLE_POWER = 8.0  # k in cos^k: the most frontal view dominates, neighbours blend softly (k 3-30 measured within 0.1 dB)
@@ -230,7 +231,10 @@ def bake_colors(
     n = len(raster.texel)
     n_views = len(calibration.cameras)
     used = list(range(n_views)) if views is None else sorted(set(views))
-    looks = [_ViewLookup(inputs, i, calibration.cameras[i], vertices, faces, backend) for i in used]
+    # views side by side on the CPU backend (recon.threads); sums below stay in view order
+    threads = None if backend.device.type == "cpu" else 1
+    looks = list(map_in_threads(
+        lambda i: _ViewLookup(inputs, i, calibration.cameras[i], vertices, faces, backend), used, threads))
     # per-view gain and white balance from a sparse subset of texels (recon.texture.photometric)
     subset = np.arange(0, n, max(1, n // PHOTOMETRIC_SAMPLES))
     samples = [look(points[subset], normals[subset], angle_power, exact=False) for look in looks]
@@ -240,9 +244,9 @@ def bake_colors(
     acc = np.zeros((n, 3), dtype=np.float32)
     wsum = np.zeros(n, dtype=np.float32)
     views_used = [0] * n_views
-    for k, (i, look) in enumerate(zip(used, looks)):
+    lookups = map_in_threads(lambda look: look(points, normals, angle_power), looks, threads)
+    for k, (i, (idx, weight, colour)) in enumerate(zip(used, lookups)):
         hooks.check()
-        idx, weight, colour = look(points, normals, angle_power)
         acc[idx] += weight[:, None] * colour / gains[i].astype(np.float32)
         wsum[idx] += weight
         views_used[i] = int(len(idx))
