@@ -16,8 +16,10 @@ R = TypeVar("R")
 
 
 def core_count() -> int:
-    """Cores this process may run on (its CPU affinity, which containers and `taskset` narrow)."""
-    return len(os.sched_getaffinity(0))
+    """Cores this process may run on (its CPU affinity, which containers and `taskset` narrow;
+    the machine's count where the platform has no affinity call)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def map_in_threads(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> Iterator[R]:

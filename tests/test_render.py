@@ -176,3 +176,21 @@ def test_rasterize_view_matches_rasterize(backend):
         same = direct[..., 3] == shortcut[..., 3]
         assert same.float().mean() > 0.995  # only pixel centres exactly on an edge may differ
         assert torch.allclose(direct[same], shortcut[same], atol=1e-5)
+
+
+def test_a_large_ray_batch_split_over_threads_hits_what_one_cast_hits() -> None:
+    from embreex import rtcore_scene
+    from embreex.mesh_construction import TriangleMesh
+
+    from recon.render.cpu import _MIN_RAYS_PER_THREAD, first_hits
+
+    sphere = trimesh.creation.icosphere(4)
+    scene = rtcore_scene.EmbreeScene()
+    TriangleMesh(scene=scene, vertices=sphere.vertices.astype(np.float32), indices=sphere.faces.astype(np.int32))
+    n = 3 * _MIN_RAYS_PER_THREAD + 17  # enough rays for a split on any machine with 2+ cores
+    dirs = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32) * 0.6
+    dirs[:, 2] = 1.0
+    origins = np.tile(np.float32([0.0, 0.0, -3.0]), (n, 1))
+    single = np.asarray(scene.run(origins, dirs), dtype=np.int64)
+    assert 0.05 < (single >= 0).mean() < 0.95
+    np.testing.assert_array_equal(first_hits(scene, origins, dirs), single)
