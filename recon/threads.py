@@ -6,6 +6,7 @@ order, so sums over views stay bitwise reproducible."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,4 +32,7 @@ def map_in_threads(fn: Callable[[T], R], items: Iterable[T], threads: int | None
         yield from map(fn, items)
         return
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        yield from pool.map(fn, items)
+        # each item runs in a copy of the caller's context, so whatever the caller's context
+        # carries (a Prefect run context for progress and cancellation calls) reaches the threads
+        context = contextvars.copy_context()
+        yield from pool.map(lambda item: context.copy().run(fn, item), items)

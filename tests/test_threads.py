@@ -31,3 +31,14 @@ def test_one_thread_runs_in_the_callers_thread_and_errors_propagate() -> None:
     with pytest.raises(ValueError, match="item 2"):
         list(map_in_threads(fail, range(4), threads=2))
     assert core_count() >= 1
+
+
+def test_the_callers_context_reaches_the_threads() -> None:
+    import contextvars
+
+    job: contextvars.ContextVar[str] = contextvars.ContextVar("job", default="none")
+    token = job.set("job-1")
+    try:
+        assert list(map_in_threads(lambda _: job.get(), range(4), threads=2)) == ["job-1"] * 4
+    finally:
+        job.reset(token)
