@@ -23,6 +23,7 @@ from scipy import ndimage
 from recon.calibration.rig import SLOTS, Camera
 from recon.errors import InvalidFileCount, InvalidFileFormat, ValidationFailed
 from recon.inputs.background import photo_mask
+from recon.threads import map_in_threads
 from recon.types import Inputs
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # same default as jobs.settings.Settings.max_pixels
@@ -74,9 +75,15 @@ def decode_inputs(
 
     depth_masks = [d > 0 for d in depth_raw]
     alphas = [alpha if alpha is not None and alpha_is_mask(alpha) else None for alpha in alphas]
+
+    def view_mask(k: int) -> np.ndarray:
+        alpha = alphas[k]
+        return alpha >= 0.5 if alpha is not None else _mask_from_depth_and_colour(images[k], depth_masks[k])
+
+    # per-view masks side by side (recon.threads): on photos the background fit is most of decoding
     masks = []
-    for slot, rgb, alpha, dmask, vpath in zip(SLOTS, images, alphas, depth_masks, views):
-        mask = alpha >= 0.5 if alpha is not None else _mask_from_depth_and_colour(rgb, dmask)
+    decoded_masks = map_in_threads(view_mask, range(len(SLOTS)))
+    for slot, mask, vpath in zip(SLOTS, decoded_masks, views):
         if not mask.any():
             raise ValidationFailed(f"View '{vpath.name}' ({slot}) shows no object: its mask is empty",
                                    field=VIEW_FIELD, file=vpath.name, slot=slot)
