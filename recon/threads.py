@@ -12,6 +12,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+# Full-size views processed at once where each holds large buffers (the bake's lookups, the
+# quality report's supersampled renders): the job's peak memory grows with this, not with cores.
+VIEW_THREADS = 2
+
 T = TypeVar("T")
 R = TypeVar("R")
 

@@ -20,7 +20,7 @@ from recon.mesh import TexturedMesh
 from recon.quality.gate import GateSettings, depth_agreement, gate_scores, structure_images, worst_status
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
-from recon.threads import map_in_threads
+from recon.threads import VIEW_THREADS, map_in_threads
 from recon.types import Calibration, Inputs
 
 BANDS = {
@@ -200,6 +200,7 @@ def quality_report(
         assert view.color is not None  # a TexturedMesh always has uv and a texture
         colour = block_mean(view.color, k)
         rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
+        del view  # the supersampled buffers: freed before this view's comparisons allocate theirs
         if gains is not None:  # the texture is normalised; this view's exposure/white balance
             colour = np.where(rendered_mask[..., None], np.clip(colour * np.float32(gains[i]), 0, 1), colour)
         image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
@@ -218,8 +219,9 @@ def quality_report(
             write_comparison(images_dir, camera.slot, image, colour)
         return entry
 
-    # views side by side on the CPU backend (recon.threads); a GPU serialises them anyway
-    threads = None if backend.device.type == "cpu" else 1
+    # views side by side on the CPU backend, VIEW_THREADS at a time (recon.threads: each holds
+    # supersampled full-size buffers); a GPU serialises them anyway
+    threads = VIEW_THREADS if backend.device.type == "cpu" else 1
     views = list(map_in_threads(measure_view, range(len(calibration.cameras)), threads))
 
     def mean(key: str) -> float | None:
