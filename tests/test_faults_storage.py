@@ -406,7 +406,10 @@ def test_storage_outage_during_export_is_retried_and_never_serves_a_partial_zip(
     store = storage_stack.store
     job_id = submit(api, case)
     queued = submit(api, case)  # waits for the one slot: must not be disturbed either
-    wait_stage(job_id, {"metrics"})  # staging and publishing (object store writes) follow
+    # export and metrics write only local files; staging and publishing (the object store
+    # writes) follow. Both stages count: at this size metrics alone lasts a fraction of a
+    # second, shorter than one poll of the progress artifact.
+    wait_stage(job_id, {"export", "metrics"})
     answers: dict[int, int] = {}
     with Outage(storage_stack.s3) as outage:
         while outage.active:
