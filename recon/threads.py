@@ -27,6 +27,14 @@ def core_count() -> int:
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
+def threads_for(device_type: str, limit: int | None = None) -> int:
+    """Threads for per-view work on a render backend's device: on the CPU one per core (at most
+    `limit`); on a GPU one, since its kernels run one after another anyway."""
+    if device_type != "cpu":
+        return 1
+    return core_count() if limit is None else min(limit, core_count())
+
+
 def map_in_threads(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> Iterator[R]:
     """`map(fn, items)` over `threads` threads (default: one per core), in input order. With one
     thread it is the plain map, run lazily in the caller's thread."""

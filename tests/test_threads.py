@@ -42,3 +42,11 @@ def test_the_callers_context_reaches_the_threads() -> None:
         assert list(map_in_threads(lambda _: job.get(), range(4), threads=2)) == ["job-1"] * 4
     finally:
         job.reset(token)
+
+
+def test_a_gpu_backend_gets_one_thread_and_the_cpu_at_most_the_limit() -> None:
+    from recon.threads import threads_for
+
+    assert threads_for("cuda") == 1 and threads_for("cuda", 4) == 1
+    assert threads_for("cpu") == core_count()
+    assert threads_for("cpu", 1) == 1 and threads_for("cpu", 2) == min(2, core_count())

@@ -19,7 +19,7 @@ from recon.mesh import TexturedMesh
 from recon.render import single_threaded
 from recon.render.base import RenderBackend
 from recon.render.views import RenderedView, render_mesh, vertex_normals
-from recon.threads import map_in_threads
+from recon.threads import map_in_threads, threads_for
 
 PREVIEW_ANGLES = ((35.0, 25.0), (215.0, 25.0))  # (azimuth, elevation) in degrees
 PREVIEW_FILES = tuple(
@@ -122,8 +122,8 @@ def write_previews(
     out.mkdir(parents=True, exist_ok=True)
     images = render_previews(mesh, backend, fov_deg, resolution)
     paths = [out / name for name in PREVIEW_FILES]
-    for _ in map_in_threads(lambda path: Image.fromarray(images[path.name]).save(path), paths):
-        pass  # PNG encoding releases the GIL: the four files are written side by side
+    # PNG encoding releases the GIL: the four files are written side by side
+    list(map_in_threads(lambda path: Image.fromarray(images[path.name]).save(path), paths))
     return paths
 
 
@@ -136,7 +136,7 @@ def write_turntable(mesh: TexturedMesh, out_dir: Path, backend: RenderBackend, f
     out.mkdir(parents=True, exist_ok=True)
     angles = [(360.0 * k / frames, TURNTABLE_ELEVATION) for k in range(frames)]
     shared = _per_mesh(mesh)
-    threads = None if backend.device.type == "cpu" else 1  # small frames side by side (recon.threads)
+    threads = threads_for(backend.device.type)  # small frames side by side
     with single_threaded(backend):
         images = list(map_in_threads(
             lambda camera: Image.fromarray(_to_uint8(_textured_image(mesh, backend, camera, shared)[1])),

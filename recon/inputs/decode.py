@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +56,10 @@ def decode_inputs(
     views = [views[i] for i in assign_slots([p.name for p in views], VIEW_FIELD)]
     depths = [depths[i] for i in assign_slots([p.name for p in depths], DEPTH_FIELD)]
 
-    # PNG decoding releases the GIL: two threads halve the wall time on a 2-core host
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        colour = [pool.submit(_read_colour, path, cap) for path in views]
-        depth = [pool.submit(_read_depth, path, cap) for path in depths]
-        decoded = [f.result() for f in colour]  # in order, so the first bad file is reported
-        depth_raw = [f.result() for f in depth]
+    # PNG decoding releases the GIL: side by side (recon.threads), results in order, so the first
+    # bad file is the one reported
+    decoded = list(map_in_threads(lambda path: _read_colour(path, cap), views))
+    depth_raw = list(map_in_threads(lambda path: _read_depth(path, cap), depths))
     images = [rgb for rgb, _ in decoded]
     alphas = [alpha for _, alpha in decoded]
 

@@ -20,7 +20,7 @@ from recon.mesh import TexturedMesh
 from recon.quality.gate import GateSettings, depth_agreement, gate_scores, structure_images, worst_status
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
-from recon.threads import VIEW_THREADS, map_in_threads
+from recon.threads import VIEW_THREADS, map_in_threads, threads_for
 from recon.types import Calibration, Inputs
 
 BANDS = {
@@ -219,9 +219,8 @@ def quality_report(
             write_comparison(images_dir, camera.slot, image, colour)
         return entry
 
-    # views side by side on the CPU backend, VIEW_THREADS at a time (recon.threads: each holds
-    # supersampled full-size buffers); a GPU serialises them anyway
-    threads = VIEW_THREADS if backend.device.type == "cpu" else 1
+    # views side by side, VIEW_THREADS at a time (each holds supersampled full-size buffers)
+    threads = threads_for(backend.device.type, VIEW_THREADS)
     views = list(map_in_threads(measure_view, range(len(calibration.cameras)), threads))
 
     def mean(key: str) -> float | None:

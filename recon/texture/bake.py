@@ -32,7 +32,7 @@ from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
 from recon.texture.atlas import triangle_samples, unwrap
 from recon.texture.photometric import solve_gains
-from recon.threads import VIEW_THREADS, map_in_threads
+from recon.threads import VIEW_THREADS, map_in_threads, threads_for
 from recon.types import Calibration, Inputs
 
 ANGLE_POWER = 8.0  # k in cos^k: the most frontal view dominates, neighbours blend softly (k 3-30 measured within 0.1 dB)
@@ -231,9 +231,9 @@ def bake_colors(
     n = len(raster.texel)
     n_views = len(calibration.cameras)
     used = list(range(n_views)) if views is None else sorted(set(views))
-    # views side by side on the CPU backend (recon.threads), VIEW_THREADS at a time (each
-    # lookup holds full-size buffers); sums below stay in view order
-    threads = VIEW_THREADS if backend.device.type == "cpu" else 1
+    # views side by side, VIEW_THREADS at a time (each lookup holds full-size buffers); sums
+    # below stay in view order
+    threads = threads_for(backend.device.type, VIEW_THREADS)
     looks = list(map_in_threads(
         lambda i: _ViewLookup(inputs, i, calibration.cameras[i], vertices, faces, backend), used, threads))
     # per-view gain and white balance from a sparse subset of texels (recon.texture.photometric)
