@@ -119,6 +119,8 @@ def export_outputs(mesh: TexturedMesh, calibration: Calibration, out_dir: str | 
     content = calibration.to_json()
     if "view_gains" in mesh.info.get("texture", {}):  # per-view photometric corrections of the bake
         content["view_gains"] = mesh.info["texture"]["view_gains"]
+    if "view_shading" in mesh.info.get("texture", {}):  # and the key light each view's colours were divided by
+        content["view_shading"] = mesh.info["texture"]["view_shading"]
     cameras.write_text(json.dumps(content, indent=1, default=_json_default))
     paths.append(cameras)
     hooks.progress(1.0, "export: done")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.texture.photometric import solve_gains
+from recon.texture.photometric import solve_gains, solve_shading
 
 
 def _views(gains: np.ndarray, n_points: int = 3000, seed: int = 0):
@@ -29,3 +29,56 @@ def test_views_without_shared_points_keep_gain_one():
     samples = [(np.arange(10), np.full((10, 3), 0.5), np.ones(10)),
                (np.arange(10, 20), np.full((10, 3), 0.2), np.ones(10))]
     assert np.allclose(solve_gains(samples, 20), 1.0)
+
+
+TOWARDS = np.array([[0, 0, 1], [0, 0, -1], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], float)
+
+
+def _lit_views(gains: np.ndarray, lights: np.ndarray | None, n_points: int = 20000, seed: int = 0):
+    """Points on a sphere seen by the six rig views (cos^8 weights), each view with its gain and,
+    when `lights` is given, a Lambert key light with ambient 0.65 (recon.synth.photo's photos)."""
+    rng = np.random.default_rng(seed)
+    normals = rng.normal(size=(n_points, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    albedo = rng.uniform(0.2, 0.8, size=(n_points, 3))
+    samples = []
+    for v, gain in enumerate(gains):
+        cos = normals @ TOWARDS[v]
+        idx = np.nonzero(cos > 0.05)[0]
+        shade = np.ones(len(idx)) if lights is None else 0.65 + 0.35 * np.clip(normals[idx] @ lights[v], 0, 1)
+        colour = albedo[idx] * gain * shade[:, None] * rng.normal(1.0, 0.005, size=(len(idx), 3))
+        samples.append((idx, np.clip(colour, 0, 1), cos[idx] ** 8))
+    return samples, normals
+
+
+GAINS = np.exp(np.random.default_rng(3).uniform(-0.2, 0.2, size=(6, 3)))
+
+
+def test_a_key_light_near_each_camera_is_taken_out():
+    samples, normals = _lit_views(GAINS, TOWARDS)
+    start = solve_gains(samples, len(normals))
+    gains, shading = solve_shading(samples, len(normals), normals, TOWARDS, start)
+    assert shading is not None
+    for v in range(6):  # each view's slope points at its own light, about log(1 / 0.65) long
+        slope = shading.slope[v]
+        assert slope @ TOWARDS[v] / np.linalg.norm(slope) > 0.98
+        assert 0.3 < np.linalg.norm(slope) < 0.5
+    expected = GAINS / np.exp(np.log(GAINS).mean(axis=0))
+    assert np.allclose(gains, expected, rtol=0.03)
+    # a surface facing its camera is fully lit; one at 60 degrees is darker
+    assert np.isclose(shading.factor(0, TOWARDS[:1])[0], 1.0)
+    assert shading.factor(0, np.array([[np.sin(1.05), 0, np.cos(1.05)]]))[0] < 0.9
+
+
+def test_unlit_views_get_no_shading_and_keep_their_gains():
+    samples, normals = _lit_views(GAINS, None)
+    start = solve_gains(samples, len(normals))
+    gains, shading = solve_shading(samples, len(normals), normals, TOWARDS, start)
+    assert shading is None and gains is start
+
+
+def test_one_light_for_all_views_is_left_in_the_albedo():
+    # a studio light fixed to the object shades every view alike: the views agree, nothing to take out
+    samples, normals = _lit_views(GAINS, np.tile([[0.0, 1.0, 0.0]], (6, 1)))
+    start = solve_gains(samples, len(normals))
+    assert solve_shading(samples, len(normals), normals, TOWARDS, start)[1] is None

@@ -31,7 +31,7 @@ from recon.mesh import TexturedMesh
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
 from recon.texture.atlas import triangle_samples, unwrap
-from recon.texture.photometric import solve_gains
+from recon.texture.photometric import ViewShading, solve_gains, solve_shading
 from recon.threads import VIEW_THREADS, map_in_threads, threads_for
 from recon.types import Calibration, Inputs
 
@@ -62,6 +62,7 @@ class Bake:
     seen: np.ndarray  # (T, T) bool: coloured from at least one view
     views_used: list[int]  # texels each view contributed to
     view_gains: list[list[float]]  # per view RGB gain the view's colours were divided by
+    view_shading: dict | None = None  # recon.texture.photometric.ViewShading.to_json, when the views were lit apart
 
 
 def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> AtlasRaster:
@@ -240,7 +241,17 @@ def bake_colors(
     subset = np.arange(0, n, max(1, n // PHOTOMETRIC_SAMPLES))
     samples = [look(points[subset], normals[subset], angle_power, exact=False) for look in looks]
     gains = np.ones((n_views, 3))
-    gains[used] = solve_gains([(idx, colour, w) for idx, w, colour in samples], len(subset))
+    triples = [(idx, colour, w) for idx, w, colour in samples]
+    gains[used] = solve_gains(triples, len(subset))
+    towards = np.array([calibration.cameras[i].position for i in range(n_views)], dtype=np.float64)
+    towards /= np.maximum(np.linalg.norm(towards, axis=1, keepdims=True), 1e-12)
+    gains[used], fitted = solve_shading(triples, len(subset), normals[subset].astype(np.float64),
+                                        towards[used], gains[used])
+    shading = None
+    if fitted is not None:  # per used view -> per view (a held-out view keeps no shading)
+        slope = np.zeros((n_views, 3))
+        slope[used] = fitted.slope
+        shading = ViewShading(slope, towards)
     hooks.progress(0.15, "texture: photometric normalisation")
     acc = np.zeros((n, 3), dtype=np.float32)
     wsum = np.zeros(n, dtype=np.float32)
@@ -248,6 +259,8 @@ def bake_colors(
     lookups = map_in_threads(lambda look: look(points, normals, angle_power), looks, threads)
     for k, (i, (idx, weight, colour)) in enumerate(zip(used, lookups)):
         hooks.check()
+        if shading is not None:
+            colour = colour / shading.factor(i, normals[idx])[:, None]
         acc[idx] += weight[:, None] * colour / gains[i].astype(np.float32)
         wsum[idx] += weight
         views_used[i] = int(len(idx))
@@ -278,7 +291,8 @@ def bake_colors(
     image = _dilate(image.reshape(size, size, 3), covered)
     texture = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     hooks.progress(1.0, "texture: done")
-    return Bake(texture, covered, seen_map.reshape(size, size), views_used, gains.round(5).tolist())
+    return Bake(texture, covered, seen_map.reshape(size, size), views_used, gains.round(5).tolist(),
+                None if shading is None else shading.to_json())
 
 
 def _nearest_resize(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -339,6 +353,7 @@ def bake_texture(
         "observed_fraction": round(float(bake.seen.sum()) / max(covered, 1), 4),
         "view_texels": bake.views_used,
         "view_gains": bake.view_gains,
+        **({} if bake.view_shading is None else {"view_shading": bake.view_shading}),
         "fallback": "generated colours" if fallback_colors is not None else "diffused from seen texels",
         "unwrap_s": round(unwrap_s, 3),
         "bake_s": round(time.perf_counter() - started - unwrap_s, 3),

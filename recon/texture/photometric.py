@@ -7,9 +7,19 @@ views, log colour is a sum of a per-view and a per-point term; alternating least
 (per-point means, then per-view means) converges in a few rounds. The gains' geometric mean is
 fixed at 1 per channel (the overall level is not observable), so normalising views keeps the
 texture's brightness where the views' average puts it.
+
+Photos also carry each shot's own key light (a flash or lamp near the camera): a flank one view
+sees head-on and bright, the next sees grazing and darker, and a texture blended from both is
+lit by neither. `solve_shading` adds a log-linear shading per view in the surface normal
+(`ViewShading`) and keeps it only when it explains a good share of what the gains leave. The
+bake divides it out (a texture closer to the albedo, which is what a viewer lights again) and
+quality.json multiplies it back in for that view, as it does the gains.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,3 +58,115 @@ def solve_gains(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_poin
                 log_gain[v] = (w[:, None] * (lc - albedo[idx])).sum(0) / max(float(w.sum()), 1e-12)
         log_gain -= log_gain.mean(axis=0)
     return np.exp(np.clip(log_gain, -MAX_LOG_GAIN, MAX_LOG_GAIN))
+
+
+SHADING_MIN_GAIN = 0.15  # shading is kept only if it removes this share of the views' disagreement
+SHADING_MIN_RESIDUAL = 0.005  # log-colour RMS below which the views already agree (clean renders)
+MAX_SHADING = 0.8  # |b| at most this (log units per unit of normal): a key light, not a spotlight
+
+
+@dataclass(frozen=True)
+class ViewShading:
+    """Each view's key light as a log-linear shading of the surface normal n:
+    S_v(n) = exp(b_v . (n - t_v)), 1 on a surface facing the camera (t_v: the unit vector from the
+    object to camera v). Only the differences between views are observable (a light common to
+    all views is indistinguishable from the albedo), so the b_v sum to zero."""
+
+    slope: np.ndarray  # (V, 3) b_v
+    towards: np.ndarray  # (V, 3) t_v
+
+    def factor(self, view: int, normals: np.ndarray) -> np.ndarray:
+        """S_v at `normals` (N, 3) -> (N,) float32."""
+        return np.exp((normals - self.towards[view]) @ self.slope[view]).astype(np.float32)
+
+    def to_json(self) -> dict[str, list[list[float]]]:
+        return {"slope": self.slope.round(5).tolist(), "towards": self.towards.round(6).tolist()}
+
+    @classmethod
+    def from_json(cls, content: dict | None) -> ViewShading | None:
+        """From a texture info's "view_shading" ({"slope", "towards"}); None when absent."""
+        if not content:
+            return None
+        return cls(np.asarray(content["slope"], np.float64), np.asarray(content["towards"], np.float64))
+
+
+def _dense(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_points: int):
+    """(weight (P, V), log colour (P, V, 3), point ids (P,)) over the points that two or more
+    views see with usable colours (not clipped, not dark)."""
+    n_views = len(samples)
+    weight = np.zeros((n_points, n_views))
+    logc = np.zeros((n_points, n_views, 3))
+    for v, (idx, colour, w) in enumerate(samples):
+        ok = (colour > DARK).all(axis=1) & (colour < BRIGHT).all(axis=1) & (w > 0)
+        weight[idx[ok], v] = w[ok]
+        logc[idx[ok], v] = np.log(colour[ok])
+    shared = np.nonzero((weight > 0).sum(axis=1) >= 2)[0]
+    return weight[shared], logc[shared], shared
+
+
+def _disagreement(weight: np.ndarray, logc: np.ndarray, offset: np.ndarray) -> float:
+    """Weighted RMS of log colour minus each view's offset (P, V, 3) about the per-point mean."""
+    share = weight / weight.sum(axis=1, keepdims=True)
+    left = logc - offset
+    resid = left - np.einsum("pv,pvc->pc", share, left)[:, None, :]
+    return math.sqrt(float((weight[..., None] * resid**2).sum()) / max(3.0 * float(weight.sum()), 1e-12))
+
+
+def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_points: int,
+                  normals: np.ndarray, towards: np.ndarray, gains: np.ndarray) -> tuple[np.ndarray, ViewShading | None]:
+    """Gains (V, 3) and each view's shading, or (`gains`, None) when shading does not explain
+    enough of the views' disagreement (renders without baked light, soft studio light).
+
+    `normals` (n_points, 3) of the sampled points; `towards` (V, 3) unit object-to-camera
+    directions; `gains` from `solve_gains` (the answer when shading is refused). One linear least
+    squares in log colour: log c_v(p) = log gain_v + log albedo(p) + b_v . (n_p - t_v), with the
+    per-point albedo eliminated (each observation is compared with the point's weighted mean over
+    its views), and the gauges fixed afterwards (mean log gain and mean slope zero).
+    """
+    n_views = len(samples)
+    weight, logc, points = _dense(samples, n_points)
+    if len(points) < 100:
+        return gains, None
+    share = weight / weight.sum(axis=1, keepdims=True)  # (P, V)
+    moved = normals[points][:, None, :] - towards[None]  # (P, V, 3): n_p - t_v
+    # Unknowns: log gain (V x 3, per channel) then slope (V x 3). Per observation (p, v, c), the
+    # design row is e(v) - share_p (for the gain of channel c) and m_pv e(v) - share_p m_p. (slope).
+    k = 6 * n_views
+    normal_eq = np.zeros((k, k))
+    rhs = np.zeros(k)
+    eye = np.eye(n_views)
+    for chunk in range(0, len(points), 4096):
+        sl = slice(chunk, chunk + 4096)
+        w, sh, m, lc = weight[sl], share[sl], moved[sl], logc[sl]
+        gain_part = eye[None] - sh[:, None, :]  # (P, V, U)
+        slope_part = eye[None, :, :, None] * m[:, :, None, :] - (sh[..., None] * m)[:, None, :, :]  # (P, V, U, 3)
+        target = lc - np.einsum("pu,puc->pc", sh, lc)[:, None, :]  # (P, V, 3)
+        for c in range(3):
+            rows = np.zeros(w.shape + (k,))
+            rows[..., c * n_views:(c + 1) * n_views] = gain_part  # gains laid out channel-major
+            rows[..., 3 * n_views:] = slope_part.reshape(w.shape + (3 * n_views,))
+            wr = rows * w[..., None]
+            normal_eq += np.einsum("pvk,pvl->kl", wr, rows)
+            rhs += np.einsum("pvk,pv->k", wr, target[..., c])
+    scale = float(np.trace(normal_eq)) / k
+    gauge = np.zeros((6, k))  # sum of log gains per channel, sum of slopes per axis
+    for c in range(3):
+        gauge[c, c * n_views:(c + 1) * n_views] = 1.0
+        gauge[3 + c, 3 * n_views + c::3] = 1.0
+    system = normal_eq + scale * (gauge.T @ gauge + 1e-9 * np.eye(k))
+    gains_only = slice(0, 3 * n_views)  # the same least squares without shading: what it is judged against
+    plain = np.linalg.solve(system[gains_only, gains_only], rhs[gains_only]).reshape(3, n_views).T
+    before = _disagreement(weight, logc, np.broadcast_to(plain[None], logc.shape))
+    solution = np.linalg.solve(system, rhs)
+    log_gain = solution[:3 * n_views].reshape(3, n_views).T
+    slope = solution[3 * n_views:].reshape(n_views, 3)
+    common = slope.mean(axis=0)  # a light all views share is the albedo's business (and the gains')
+    slope = slope - common
+    log_gain = log_gain - (towards @ common)[:, None]
+    log_gain -= log_gain.mean(axis=0)
+    offset = log_gain[None] + np.einsum("pvc,vc->pv", moved, slope)[..., None]
+    after = _disagreement(weight, logc, offset)
+    if (before < SHADING_MIN_RESIDUAL or after > (1.0 - SHADING_MIN_GAIN) * before
+            or np.abs(log_gain).max() > MAX_LOG_GAIN or np.linalg.norm(slope, axis=1).max() > MAX_SHADING):
+        return gains, None
+    return np.exp(log_gain), ViewShading(slope, np.asarray(towards, np.float64))
