@@ -127,10 +127,14 @@ def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_po
     weight, logc, points = _dense(samples, n_points)
     if len(points) < 100:
         return gains, None
+    # views that already agree under the gains (clean renders) need nothing more: a cheap exit
+    if _disagreement(weight, logc, np.broadcast_to(np.log(gains)[None], logc.shape)) < SHADING_MIN_RESIDUAL:
+        return gains, None
     share = weight / weight.sum(axis=1, keepdims=True)  # (P, V)
     moved = normals[points][:, None, :] - towards[None]  # (P, V, 3): n_p - t_v
     # Unknowns: log gain (V x 3, per channel) then slope (V x 3). Per observation (p, v, c), the
-    # design row is e(v) - share_p (for the gain of channel c) and m_pv e(v) - share_p m_p. (slope).
+    # design row is e(v) - share_p (for the gain of channel c) and m_pv e(v) - share_p m_p. (slope);
+    # only the observations a view made (weight > 0) count, so rows are built for those alone.
     k = 6 * n_views
     normal_eq = np.zeros((k, k))
     rhs = np.zeros(k)
@@ -138,16 +142,21 @@ def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_po
     for chunk in range(0, len(points), 4096):
         sl = slice(chunk, chunk + 4096)
         w, sh, m, lc = weight[sl], share[sl], moved[sl], logc[sl]
-        gain_part = eye[None] - sh[:, None, :]  # (P, V, U)
-        slope_part = eye[None, :, :, None] * m[:, :, None, :] - (sh[..., None] * m)[:, None, :, :]  # (P, V, U, 3)
-        target = lc - np.einsum("pu,puc->pc", sh, lc)[:, None, :]  # (P, V, 3)
+        seen = w > 0  # (P, V)
+        p_idx, v_idx = np.nonzero(seen)
+        gain_part = eye[v_idx] - sh[p_idx]  # (M, U)
+        slope_part = (eye[v_idx][:, :, None] * m[p_idx, v_idx][:, None, :]
+                      - (sh[..., None] * m)[p_idx]).reshape(len(p_idx), 3 * n_views)  # (M, U x 3)
+        target = (lc - np.einsum("pu,puc->pc", sh, lc)[:, None, :])[p_idx, v_idx]  # (M, 3)
+        wm = w[p_idx, v_idx][:, None]
+        rows = np.zeros((len(p_idx), k))
+        rows[:, 3 * n_views:] = slope_part
         for c in range(3):
-            rows = np.zeros(w.shape + (k,))
-            rows[..., c * n_views:(c + 1) * n_views] = gain_part  # gains laid out channel-major
-            rows[..., 3 * n_views:] = slope_part.reshape(w.shape + (3 * n_views,))
-            wr = rows * w[..., None]
-            normal_eq += np.einsum("pvk,pvl->kl", wr, rows)
-            rhs += np.einsum("pvk,pv->k", wr, target[..., c])
+            rows[:, :3 * n_views] = 0.0
+            rows[:, c * n_views:(c + 1) * n_views] = gain_part  # gains laid out channel-major
+            wr = rows * wm
+            normal_eq += wr.T @ rows
+            rhs += wr.T @ target[:, c]
     scale = float(np.trace(normal_eq)) / k
     gauge = np.zeros((6, k))  # sum of log gains per channel, sum of slopes per axis
     for c in range(3):
