@@ -129,8 +129,13 @@ def _write_gltf(mesh: TexturedMesh, image: Image.Image, out: Path) -> list[Path]
 
 
 def _write_obj(mesh: TexturedMesh, image: Image.Image, out: Path) -> list[Path]:
+    # trimesh encodes the material's image for the MTL's files; export_mesh writes texture.png
+    # itself, so the material carries a 1 x 1 stand-in that names it (map_Kd texture.png) and
+    # the full texture is not PNG-encoded once more only to be dropped
+    stand_in = Image.new("RGB", (1, 1))
+    stand_in.format = "PNG"
     simple = SimpleMaterial(
-        image=image, name=MATERIAL_NAME, diffuse=[255, 255, 255, 255],
+        image=stand_in, name=MATERIAL_NAME, diffuse=[255, 255, 255, 255],
         ambient=[255, 255, 255, 255], specular=[0, 0, 0, 255], glossiness=1.0,
     )
     text, files = export_obj(
