@@ -259,7 +259,7 @@ def quality_report(
             "view_appearance": "where the bake normalised the views (engine_info.texture.view_gains, "
             "and view_shading when the views carry different key lights: recon/texture/photometric.py), "
             "the render's object pixels are multiplied by that view's RGB gain and shading "
-            "exp(b_v . (n - t_v)) (smooth normals) before any comparison: the texture is the "
+            "exp(b_v . n - |b_v|) (smooth normals; 1 facing the light) before any comparison: the texture is the "
             "normalised colour, each photo shows it under its own exposure, white balance and light",
             "compositing": "input composited over white by its mask at the input's own "
             "resolution, before the area-averaging resize (so partly covered edge pixels keep "

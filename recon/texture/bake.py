@@ -62,7 +62,7 @@ class Bake:
     seen: np.ndarray  # (T, T) bool: coloured from at least one view
     views_used: list[int]  # texels each view contributed to
     view_gains: list[list[float]]  # per view RGB gain the view's colours were divided by
-    view_shading: dict | None = None  # recon.texture.photometric.ViewShading.to_json, when the views were lit apart
+    view_shading: list[list[float]] | None = None  # ViewShading.to_json (recon.texture.photometric), when the views were lit apart
 
 
 def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> AtlasRaster:
@@ -243,15 +243,15 @@ def bake_colors(
     gains = np.ones((n_views, 3))
     triples = [(idx, colour, w) for idx, w, colour in samples]
     gains[used] = solve_gains(triples, len(subset))
-    towards = np.array([calibration.cameras[i].position for i in range(n_views)], dtype=np.float64)
+    towards = np.array([calibration.cameras[i].position for i in used], dtype=np.float64)
     towards /= np.maximum(np.linalg.norm(towards, axis=1, keepdims=True), 1e-12)
     gains[used], fitted = solve_shading(triples, len(subset), normals[subset].astype(np.float64),
-                                        towards[used], gains[used])
+                                        towards, gains[used])
     shading = None
     if fitted is not None:  # per used view -> per view (a held-out view keeps no shading)
         slope = np.zeros((n_views, 3))
         slope[used] = fitted.slope
-        shading = ViewShading(slope, towards)
+        shading = ViewShading(slope)
     hooks.progress(0.15, "texture: photometric normalisation")
     acc = np.zeros((n, 3), dtype=np.float32)
     wsum = np.zeros(n, dtype=np.float32)

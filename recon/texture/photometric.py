@@ -68,26 +68,27 @@ MAX_SHADING = 0.8  # |b| at most this (log units per unit of normal): a key ligh
 @dataclass(frozen=True)
 class ViewShading:
     """Each view's key light as a log-linear shading of the surface normal n:
-    S_v(n) = exp(b_v . (n - t_v)), 1 on a surface facing the camera (t_v: the unit vector from the
-    object to camera v). Only the differences between views are observable (a light common to
-    all views is indistinguishable from the albedo), so the b_v sum to zero."""
+    S_v(n) = exp(b_v . n - |b_v|), 1 on a surface that faces the light (direction b_v) and
+    darker the further a surface turns from it; the texture is then the colour under full light.
+    Only the differences between views are observable (a light common to all views is
+    indistinguishable from the albedo), so the b_v sum to zero."""
 
     slope: np.ndarray  # (V, 3) b_v
-    towards: np.ndarray  # (V, 3) t_v
 
     def factor(self, view: int, normals: np.ndarray) -> np.ndarray:
         """S_v at `normals` (N, 3) -> (N,) float32."""
-        return np.exp((normals - self.towards[view]) @ self.slope[view]).astype(np.float32)
+        b = self.slope[view]
+        return np.exp(normals @ b - float(np.linalg.norm(b))).astype(np.float32)
 
-    def to_json(self) -> dict[str, list[list[float]]]:
-        return {"slope": self.slope.round(5).tolist(), "towards": self.towards.round(6).tolist()}
+    def to_json(self) -> list[list[float]]:
+        return self.slope.round(5).tolist()
 
     @classmethod
-    def from_json(cls, content: dict | None) -> ViewShading | None:
-        """From a texture info's "view_shading" ({"slope", "towards"}); None when absent."""
+    def from_json(cls, content: list | None) -> ViewShading | None:
+        """From a texture info's "view_shading" (the slopes); None when absent."""
         if not content:
             return None
-        return cls(np.asarray(content["slope"], np.float64), np.asarray(content["towards"], np.float64))
+        return cls(np.asarray(content, np.float64))
 
 
 def _dense(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_points: int):
@@ -178,4 +179,9 @@ def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_po
     if (before < SHADING_MIN_RESIDUAL or after > (1.0 - SHADING_MIN_GAIN) * before
             or np.abs(log_gain).max() > MAX_LOG_GAIN or np.linalg.norm(slope, axis=1).max() > MAX_SHADING):
         return gains, None
-    return np.exp(log_gain), ViewShading(slope, np.asarray(towards, np.float64))
+    # From "1 facing the camera" (the fit's parametrisation) to "1 facing the light": each view's
+    # gain takes the difference, and the gains' geometric mean is fixed at 1 again, so the
+    # texture is the colour under full light rather than under each view's head-on light.
+    log_gain = log_gain + (np.linalg.norm(slope, axis=1) - np.einsum("vc,vc->v", slope, towards))[:, None]
+    log_gain -= log_gain.mean(axis=0)
+    return np.exp(log_gain), ViewShading(slope)
