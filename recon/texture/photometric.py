@@ -28,6 +28,11 @@ ROUNDS = 10
 MAX_LOG_GAIN = np.log(2.0)  # exposure differences beyond this are not plausible for one shoot
 
 
+def _usable(colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The samples whose colour tells a view's gain: weighted, neither clipped nor very dark."""
+    return (colour > DARK).all(axis=1) & (colour < BRIGHT).all(axis=1) & (weight > 0)
+
+
 def solve_gains(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_points: int) -> np.ndarray:
     """Gains (V, 3) from per-view samples (point index (N,), colour (N, 3), weight (N,)).
 
@@ -37,7 +42,7 @@ def solve_gains(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_poin
     n_views = len(samples)
     logs = []
     for idx, colour, weight in samples:
-        ok = (colour > DARK).all(axis=1) & (colour < BRIGHT).all(axis=1) & (weight > 0)
+        ok = _usable(colour, weight)
         logs.append((idx[ok], np.log(colour[ok]), weight[ok]))
     seen = sum(np.bincount(idx, minlength=n_points) for idx, _, _ in logs)
     shared = np.asarray(seen) >= 2  # seen is the int 0 only when there are no views
@@ -98,7 +103,7 @@ def _dense(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_points: i
     weight = np.zeros((n_points, n_views))
     logc = np.zeros((n_points, n_views, 3))
     for v, (idx, colour, w) in enumerate(samples):
-        ok = (colour > DARK).all(axis=1) & (colour < BRIGHT).all(axis=1) & (w > 0)
+        ok = _usable(colour, w)
         weight[idx[ok], v] = w[ok]
         logc[idx[ok], v] = np.log(colour[ok])
     shared = np.nonzero((weight > 0).sum(axis=1) >= 2)[0]
