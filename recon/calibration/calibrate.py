@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -38,6 +39,7 @@ from recon.calibration.register import (
     QUICK_SAMPLES,
     REGISTER_BELOW,
     Registration,
+    hull_box,
     quick_registration,
     register_views,
 )
@@ -74,6 +76,16 @@ AGREEMENT_TOL = 0.01  # (x the hull's depth span) depth differences beyond this 
 # scale is then searched within REFIT_SCALES of that median for the most cross-view agreement.
 FLAT_FIT_SHARE = 0.25
 REFIT_SCALES = (0.5, 2.0, 31)  # lowest and highest factor of the median, grid points
+# depth_carving: a point this far (x the frame's half-size) in front of a view's fitted depth is
+# free space; depths of another source sit a little behind or in front of the photographed surface
+CARVE_TOLERANCE = 0.03
+# depth_box: depth points count where all other silhouettes (CONFIRM_RES px, dilated by
+# CONFIRM_PX: registered photos stay a few pixels apart) confirm them; the box spans the
+# CONFIRM_PERCENTILE-th to the (100 - CONFIRM_PERCENTILE)-th percentile on each axis
+CONFIRM_RES = 512
+CONFIRM_PX = 2
+CONFIRM_PERCENTILE = 0.1
+MIN_CONFIRMED = 1000
 
 
 @dataclass
@@ -162,6 +174,11 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
         assert c.fits is not None  # every contender is built with its fits above
         c.photo = photo_error(inputs, c.cameras(w, h), c.fits, normalise=off_rig) if len(contenders) > 1 else 0.0
     best = min(contenders, key=lambda c: (round(c.photo, 3), round(c.residual, 4), _deviations(c.variant)))
+    if best.registration is not None and best.fits is not None:
+        # registered views fix the object's place only by centring (register.py), and the
+        # hull's box overshoots over openings
+        centre = object_centre(inputs, best.cameras(w, h), best.fits)
+        best.registration = replace(best.registration, shift=best.registration.shift - centre)
     cams = best.cameras(w, h)
     scores = {
         "source": "search",
@@ -332,6 +349,81 @@ def precise_depth_fits(inputs: Inputs, cams: list[Camera], samples: int = 1500,
         out.append(_Samples(raw[ii[sel], jj[sel]].astype(np.float64), dirs[sel].astype(np.float64),
                             cam.position.copy(), entry.astype(np.float64), exit_.astype(np.float64)))
     return fit_depths(out, cams, inputs.depth_raw)
+
+
+def object_centre(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float]]) -> np.ndarray:
+    """Centre of the object's bounding box, each face the median of three estimates.
+
+    register.py centres the object by the box of the visual hull, which overshoots wherever no
+    silhouette sees past a concavity: over a bowl's mouth it is a cone that every side view
+    allows, and centring that box moves a registered bowl down, off the rig's centre. Two
+    estimates that see the surface itself disagree with the hull there, each failing elsewhere:
+    - the hull minus the free space the depths see (`depth_carving`) is right over the mouth but
+      loses a part wherever one view's depth fit is wrong and lies in front of it (a cup's handle);
+    - the box of the depths' surface points (`depth_box`) is right there but falls short at thin
+      parts (horns, legs) whose depth is blurred away, where the hull is right.
+    The carved hull never extends past the hull, so the median of the three is the depth box
+    held between them: each estimate's failure is outvoted by the two others.
+    """
+    hull = hull_box(inputs.masks, cams)
+    carved = hull_box(inputs.masks, cams, keep=depth_carving(inputs, cams, fits))
+    depth = depth_box(inputs, cams, fits)
+    if depth is None:
+        return 0.5 * (carved[0] + carved[1])
+    lo = np.median([hull[0], carved[0], depth[0]], axis=0)
+    hi = np.median([hull[1], carved[1], depth[1]], axis=0)
+    return 0.5 * (lo + hi)
+
+
+def depth_box(inputs: Inputs, cams: list[Camera],
+              fits: list[dict[str, float]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bounding box (lo, hi) of the fitted depth maps' trusted surface points that every other
+    view's silhouette confirms (within CONFIRM_PX), or None when too few are. Points of a view
+    whose depth fit is wrong land off the surface, mostly outside another silhouette; the
+    percentiles keep a few stray ones from stretching the box."""
+    dw, dh = inputs.depth_size
+    small = [ndimage.binary_dilation(downsample_mask(m, CONFIRM_RES), iterations=CONFIRM_PX) for m in inputs.masks]
+    mh, mw = small[0].shape
+    small_cams = [c.at_resolution(mw, mh) for c in cams]
+    points = []
+    for k, (raw, fit) in enumerate(zip(inputs.depth_raw, fits)):
+        ii, jj = np.nonzero(trusted_depth(raw, inputs.masks[k])[::2, ::2])
+        ii, jj = 2 * ii, 2 * jj
+        cam = cams[k].at_resolution(dw, dh)
+        z = fit["scale"] * raw[ii, jj].astype(np.float32) + fit["offset"]
+        pts = cam.position.astype(np.float32) + z[:, None] * pixel_rays(cam, ii, jj)
+        points.append(pts[(z > 0) & _inside_others(small_cams, small, k, pts)])
+    confirmed = np.concatenate(points)
+    if len(confirmed) < MIN_CONFIRMED:
+        return None
+    lo, hi = np.percentile(confirmed, [CONFIRM_PERCENTILE, 100 - CONFIRM_PERCENTILE], axis=0)
+    return lo, hi
+
+
+def depth_carving(inputs: Inputs, cams: list[Camera],
+                  fits: list[dict[str, float]]) -> Callable[[np.ndarray], np.ndarray]:
+    """points -> whether no view's fitted depth sees them as free space: nearer to the camera
+    than its trusted depth by more than CARVE_TOLERANCE (x the frame's half-size). Depth that is
+    not trusted (blurred edges, thin parts) carves nothing."""
+    tolerance = CARVE_TOLERANCE * frame_half_size(cams)
+    views = []
+    for cam, raw, fit, mask in zip(cams, inputs.depth_raw, fits, inputs.masks):
+        dh, dw = raw.shape
+        metric = np.where(trusted_depth(raw, mask), fit["scale"] * raw + fit["offset"], 0.0).astype(np.float32)
+        views.append((cam.at_resolution(dw, dh), metric))
+
+    def kept(pts: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(pts), bool)
+        for cam, metric in views:
+            h, w = metric.shape
+            px, py, z = project_points(cam, pts)
+            seen = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+            observed = np.zeros(len(pts), np.float32)
+            observed[seen] = metric[py[seen].astype(np.int32), px[seen].astype(np.int32)]
+            ok &= ~((observed > 0) & (z < observed - tolerance))
+        return ok
+
+    return kept
 
 
 def _bisect(inside, origin: np.ndarray, dirs: np.ndarray, outer: np.ndarray, inner: np.ndarray,

@@ -15,7 +15,9 @@ rig one field of view, that together make the silhouettes agree:
 - Gauges: a common zoom is a field of view (the zooms' mean is held at 1); the object's place is
   not observable (turning every camera so the object appears shifted by the same 3-D offset
   agrees as well), so a weak prior keeps the turns small and the result is then centred: every
-  camera moves so the visual hull's bounding box is centred at the origin, as the rig assumes.
+  camera moves so the visual hull's bounding box is centred at the origin, as the rig assumes
+  (calibrate.object_centre centres it again once the depths are fitted: the hull alone
+  overshoots over an opening).
 - Field of view: with the turns and zooms free it changes only the perspective, so the misses
   depend on it weakly and a joint fit stays where it starts. It is scanned instead
   (SCAN_FOVS, each registration warm-started from its neighbour's: a cold start at a wrong fov
@@ -27,6 +29,7 @@ rig one field of view, that together make the silhouettes agree:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -320,30 +323,46 @@ def quick_registration(rim: RimScorer, variant: RigVariant, hooks: Hooks = Hooks
 
 
 def hull_centre(masks: list[np.ndarray], cams: list[Camera]) -> np.ndarray:
-    """Centre of the visual hull's bounding box: a voxel hull, then each face of its box moved
-    out by bisection from the outermost voxels to where the hull ends."""
+    """Centre of the visual hull's bounding box."""
+    lo, hi = hull_box(masks, cams)
+    return 0.5 * (lo + hi)
+
+
+def hull_box(masks: list[np.ndarray], cams: list[Camera],
+             keep: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The visual hull's bounding box (lo, hi): a voxel hull, then each face of the box moved out
+    by bisection from the outermost voxels to where the hull ends; (0, 0) for an empty hull.
+    `keep` (points -> bool) removes more from the hull: the free space the depth maps see
+    (calibrate.depth_carving)."""
     small = [downsample_mask(m, CENTRE_MASK_RES) for m in masks]
+
+    def inside(pts: np.ndarray) -> np.ndarray:
+        ok = _inside_all(small, cams, pts)
+        if keep is not None and ok.any():
+            ok[ok] = keep(pts[ok])
+        return ok
+
     reach = 1.2 * frame_half_size(cams)
     axis = (np.arange(CENTRE_GRID) + 0.5) / CENTRE_GRID * 2 * reach - reach
     voxel = 2 * reach / CENTRE_GRID
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-    inside = grid[_inside_all(small, cams, grid)]
-    if len(inside) == 0:
-        return np.zeros(3)
-    centre = np.zeros(3)
+    hull = grid[inside(grid)]
+    box = np.zeros((2, 3))
+    if len(hull) == 0:
+        return box[0], box[1]
     for a in range(3):
         for sign in (-1.0, 1.0):
-            along = sign * inside[:, a]
-            edge = inside[along >= along.max() - 1e-6]  # the outermost voxels on this side
+            along = sign * hull[:, a]
+            edge = hull[along >= along.max() - 1e-6]  # the outermost voxels on this side
             near, far = np.zeros(len(edge)), np.full(len(edge), 1.5 * voxel)
             for _ in range(10):
                 mid = 0.5 * (near + far)
                 probe = edge.copy()
                 probe[:, a] += sign * mid
-                ok = _inside_all(small, cams, probe)
+                ok = inside(probe)
                 near, far = np.where(ok, mid, near), np.where(ok, far, mid)
-            centre[a] += 0.5 * sign * float((sign * edge[:, a] + near).max())  # half of +hi or -lo
-    return centre
+            box[int(sign > 0), a] = sign * float((sign * edge[:, a] + near).max())
+    return box[0], box[1]
 
 
 def _inside_all(masks: list[np.ndarray], cams: list[Camera], pts: np.ndarray) -> np.ndarray:
