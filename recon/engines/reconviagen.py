@@ -35,7 +35,7 @@ class ReconViaGenConfig(EngineConfig):
     """Upstream pipeline, its weights in the model store and the sampler settings."""
 
     name: ClassVar[str] = "reconviagen"
-    version: str = "0.3.0"
+    version: str = "0.4.0"
     upstream_module: str = "trellis.pipelines"
     upstream_class: str = "TrellisVGGTTo3DPipeline"
     # Model-store entry the service publishes the upstream weights under (jobs/models).
