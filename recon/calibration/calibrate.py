@@ -365,9 +365,10 @@ def object_centre(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float
     The carved hull never extends past the hull, so the median of the three is the depth box
     held between them: each estimate's failure is outvoted by the two others.
     """
+    depths = metric_depths(inputs, fits)
     hull = hull_box(inputs.masks, cams)
-    carved = hull_box(inputs.masks, cams, keep=depth_carving(inputs, cams, fits))
-    depth = depth_box(inputs, cams, fits)
+    carved = hull_box(inputs.masks, cams, keep=depth_carving(cams, depths))
+    depth = depth_box(inputs, cams, depths)
     if depth is None:
         return 0.5 * (carved[0] + carved[1])
     lo = np.median([hull[0], carved[0], depth[0]], axis=0)
@@ -376,8 +377,8 @@ def object_centre(inputs: Inputs, cams: list[Camera], fits: list[dict[str, float
 
 
 def depth_box(inputs: Inputs, cams: list[Camera],
-              fits: list[dict[str, float]]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Bounding box (lo, hi) of the fitted depth maps' trusted surface points that every other
+              depths: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bounding box (lo, hi) of the surface points of `metric_depths` that every other
     view's silhouette confirms (within CONFIRM_PX), or None when too few are. Points of a view
     whose depth fit is wrong land off the surface, mostly outside another silhouette; the
     percentiles keep a few stray ones from stretching the box."""
@@ -386,13 +387,13 @@ def depth_box(inputs: Inputs, cams: list[Camera],
     mh, mw = small[0].shape
     small_cams = [c.at_resolution(mw, mh) for c in cams]
     points = []
-    for k, (raw, fit) in enumerate(zip(inputs.depth_raw, fits)):
-        ii, jj = np.nonzero(trusted_depth(raw, inputs.masks[k])[::2, ::2])
+    for k, depth in enumerate(depths):
+        ii, jj = np.nonzero(depth[::2, ::2])
         ii, jj = 2 * ii, 2 * jj
         cam = cams[k].at_resolution(dw, dh)
-        z = fit["scale"] * raw[ii, jj].astype(np.float32) + fit["offset"]
+        z = depth[ii, jj]
         pts = cam.position.astype(np.float32) + z[:, None] * pixel_rays(cam, ii, jj)
-        points.append(pts[(z > 0) & _inside_others(small_cams, small, k, pts)])
+        points.append(pts[_inside_others(small_cams, small, k, pts)])
     confirmed = np.concatenate(points)
     if len(confirmed) < MIN_CONFIRMED:
         return None
@@ -400,17 +401,12 @@ def depth_box(inputs: Inputs, cams: list[Camera],
     return lo, hi
 
 
-def depth_carving(inputs: Inputs, cams: list[Camera],
-                  fits: list[dict[str, float]]) -> Callable[[np.ndarray], np.ndarray]:
-    """points -> whether no view's fitted depth sees them as free space: nearer to the camera
-    than its trusted depth by more than CARVE_TOLERANCE (x the frame's half-size). Depth that is
-    not trusted (blurred edges, thin parts) carves nothing."""
+def depth_carving(cams: list[Camera], depths: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """points -> whether no view's `metric_depths` sees them as free space: nearer to the camera
+    than its depth by more than CARVE_TOLERANCE (x the frame's half-size). Depth that is not
+    trusted (blurred edges, thin parts) is 0 there and carves nothing."""
     tolerance = CARVE_TOLERANCE * frame_half_size(cams)
-    views = []
-    for cam, raw, fit, mask in zip(cams, inputs.depth_raw, fits, inputs.masks):
-        dh, dw = raw.shape
-        metric = np.where(trusted_depth(raw, mask), fit["scale"] * raw + fit["offset"], 0.0).astype(np.float32)
-        views.append((cam.at_resolution(dw, dh), metric))
+    views = [(cam.at_resolution(depth.shape[1], depth.shape[0]), depth) for cam, depth in zip(cams, depths)]
 
     def kept(pts: np.ndarray) -> np.ndarray:
         ok = np.ones(len(pts), bool)
@@ -686,6 +682,16 @@ def _best_offsets(scales: np.ndarray, raw: np.ndarray, entry: np.ndarray, exit_:
 BLURRED_DEPTH_RING = 0.25  # depth pixels: a rendered depth's outline matches its view's (ring 0)
 
 
+def metric_depths(inputs: Inputs, fits: list[dict[str, float]]) -> list[np.ndarray]:
+    """Each view's fitted depth (scale * raw + offset) as float32 z-depth, 0 (unknown) where the
+    depth is not trusted or not in front of the camera."""
+    depths = []
+    for raw, fit, mask in zip(inputs.depth_raw, fits, inputs.masks):
+        metric = np.where(trusted_depth(raw, mask), fit["scale"] * raw + fit["offset"], 0.0).astype(np.float32)
+        depths.append(np.where(metric > 0, metric, 0.0).astype(np.float32))
+    return depths
+
+
 def trusted_depth(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The depth pixels to believe: all of them when the depth outline matches the view's
     silhouette; when it is wider by a ring (mean width in pixels; depth of another source with blurred edges, whose values ramp
@@ -707,10 +713,7 @@ def _result(inputs: Inputs, cand: _Candidate, cams: list[Camera], scores: dict) 
     """Cameras at both resolutions and the metric depth maps from the chosen fits (0, unknown,
     where the depth is not trusted: blurred edges would carve the surface away)."""
     dw, dh = inputs.depth_size
-    depths = []
-    for raw, fit, mask in zip(inputs.depth_raw, cand.fits or [], inputs.masks):
-        metric = np.where(trusted_depth(raw, mask), fit["scale"] * raw + fit["offset"], 0.0).astype(np.float32)
-        depths.append(np.where(metric > 0, metric, 0.0).astype(np.float32))
+    depths = metric_depths(inputs, cand.fits or [])
     if cand.fits is None or len(depths) != len(SLOTS):  # no fits: no depths, so the same failure
         raise ValidationFailed("Depth maps could not be fitted to the silhouettes", field="depth_renders")
     return Calibration(

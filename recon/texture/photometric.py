@@ -130,8 +130,10 @@ def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_po
     weight, logc, points = _dense(samples, n_points)
     if len(points) < 100:
         return gains, None
-    # views that already agree under the gains (clean renders) need nothing more: a cheap exit
-    if _disagreement(weight, logc, np.broadcast_to(np.log(gains)[None], logc.shape)) < SHADING_MIN_RESIDUAL:
+    # what shading is judged against: the same least squares without it, which is `gains`
+    # (solve_gains solves it exactly); views that already agree (clean renders) exit here
+    before = _disagreement(weight, logc, np.broadcast_to(np.log(gains)[None], logc.shape))
+    if before < SHADING_MIN_RESIDUAL:
         return gains, None
     share = weight / weight.sum(axis=1, keepdims=True)  # (P, V)
     moved = normals[points][:, None, :] - towards[None]  # (P, V, 3): n_p - t_v
@@ -166,9 +168,6 @@ def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_po
         gauge[c, c * n_views:(c + 1) * n_views] = 1.0
         gauge[3 + c, 3 * n_views + c::3] = 1.0
     system = normal_eq + scale * (gauge.T @ gauge + 1e-9 * np.eye(k))
-    gains_only = slice(0, 3 * n_views)  # the same least squares without shading: what it is judged against
-    plain = np.linalg.solve(system[gains_only, gains_only], rhs[gains_only]).reshape(3, n_views).T
-    before = _disagreement(weight, logc, np.broadcast_to(plain[None], logc.shape))
     solution = np.linalg.solve(system, rhs)
     log_gain = solution[:3 * n_views].reshape(3, n_views).T
     slope = solution[3 * n_views:].reshape(n_views, 3)
@@ -178,7 +177,7 @@ def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_po
     log_gain -= log_gain.mean(axis=0)
     offset = log_gain[None] + np.einsum("pvc,vc->pv", moved, slope)[..., None]
     after = _disagreement(weight, logc, offset)
-    if (before < SHADING_MIN_RESIDUAL or after > (1.0 - SHADING_MIN_GAIN) * before
+    if (after > (1.0 - SHADING_MIN_GAIN) * before
             or np.abs(log_gain).max() > MAX_LOG_GAIN or np.linalg.norm(slope, axis=1).max() > MAX_SHADING):
         return gains, None
     # From "1 facing the camera" (the fit's parametrisation) to "1 facing the light": each view's
