@@ -102,7 +102,7 @@ def composite_over_white(image: np.ndarray, mask: np.ndarray,
     if alpha is not None:
         a = np.clip(alpha, 0.0, 1.0)[..., None]
         return (image[..., :3] * a + (1.0 - a)).astype(np.float32)
-    return np.where(mask[..., None], image[..., :3], 1.0).astype(np.float32)
+    return np.where(mask[..., None], image[..., :3], np.float32(1.0)).astype(np.float32, copy=False)
 
 
 def _render_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:

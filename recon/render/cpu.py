@@ -126,16 +126,24 @@ def _rast_from_hits(
     perspective-correct barycentrics and z/w at the pixel centre, differentiable w.r.t. `pos`."""
     if len(pix) == 0:
         return torch.zeros(height, width, 4, dtype=torch.float32, device=pos.device)
-    face = torch.from_numpy(np.ascontiguousarray(face_np, dtype=np.int64))
+    face_np = np.ascontiguousarray(face_np, dtype=np.int64)
+    face = torch.from_numpy(face_np)
     pix_t = torch.from_numpy(np.ascontiguousarray(pix, dtype=np.int64))
     xs, ys = _pixel_centres_ndc(height, width)
-    # the table of the visible faces only: a view sees a fraction of a large mesh's faces
-    visible, slot = torch.unique(face, return_inverse=True)
-    table = _face_table(pos, tri.index_select(0, visible)).T.index_select(1, slot)  # [12, N]
-    x0, y0 = table[:2].unbind(0)
+    # the table of the visible faces only (a view sees a fraction of a large mesh's faces), in
+    # face order; a flag per face finds them and each pixel's row without sorting the pixels
+    seen = np.zeros(tri.shape[0], dtype=bool)
+    seen[face_np] = True
+    visible = np.flatnonzero(seen)
+    slot = torch.from_numpy((np.cumsum(seen) - 1)[face_np])
+    table = _face_table(pos, tri.index_select(0, torch.from_numpy(visible)))  # [F_visible, 12]
+    # gathered per pixel from the transposed table made contiguous (gathering along the rows of
+    # a transposed view is several times slower); gradients still sum per face in float64
+    cols = table.T.contiguous().index_select(1, slot)  # [12, N]
+    x0, y0 = cols[:2].unbind(0)
     dx = (torch.from_numpy(xs.astype(np.float64))[pix_t % width] - x0).float()
     dy = (torch.from_numpy(ys.astype(np.float64))[pix_t // width] - y0).float()
-    a1, b1, a2, b2, iw0, iw1, iw2, z0, z1, z2 = table[2:].float().unbind(0)
+    a1, b1, a2, b2, iw0, iw1, iw2, z0, z1, z2 = cols[2:].float().unbind(0)
     s1 = a1 * dx + b1 * dy
     s2 = a2 * dx + b2 * dy
     s0 = 1.0 - s1 - s2
@@ -143,9 +151,9 @@ def _rast_from_hits(
     p0, p1, p2 = s0 * iw0, s1 * iw1, s2 * iw2
     denom = p0 + p1 + p2
     zw = s0 * z0 + s1 * z1 + s2 * z2
-    rows = torch.stack([p0 / denom, p1 / denom, zw, (face + 1).float()], dim=0)
-    rast = torch.zeros(4, height * width, dtype=torch.float32).index_copy(1, pix_t, rows)
-    return rast.T.reshape(height, width, 4).to(pos.device)
+    rows = torch.stack([p0 / denom, p1 / denom, zw, (face + 1).float()], dim=1)  # [N, 4]
+    rast = torch.zeros(height * width, 4, dtype=torch.float32).index_copy(0, pix_t, rows)
+    return rast.view(height, width, 4).to(pos.device)
 
 
 _WORLD_SCENES: OrderedDict[tuple, rtcore_scene.EmbreeScene] = OrderedDict()
