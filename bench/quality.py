@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recon.allocator import with_malloc_env  # noqa: E402
 from recon.calibration.rig import ALL_VARIANTS, Camera, RigVariant, camera_distance  # noqa: E402
 
 TARGETS = {
@@ -133,12 +135,13 @@ print("BENCH-RESULT " + json.dumps({
 
 def run_reconstruction(views: list[Path], depths: list[Path], out: Path, engine: str,
                        device: str) -> dict:
-    """reconstruct() in a fresh interpreter: end-to-end wall time (imports included) and peak RSS."""
+    """reconstruct() in a fresh interpreter, with the allocator settings the service's workers run
+    with (recon/allocator.py): end-to-end wall time (imports included) and peak RSS."""
     args = {"views": [str(p) for p in views], "depths": [str(p) for p in depths],
             "out": str(out), "engine": engine, "device": device}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=with_malloc_env(dict(os.environ)))
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:], "wall_s": wall}

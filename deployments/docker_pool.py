@@ -30,6 +30,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from recon.allocator import with_malloc_env
+
 DOCKER_POOL = "gpu-docker"
 DEFAULT_IMAGE = "recon-gpu:0.1.0"
 CACHE_VOLUME = "recon-model-cache"  # compose volume with a fixed `name:`, shared by all job containers
@@ -56,13 +58,14 @@ FIXED_JOB_ENV: dict[str, str] = {"RECON_DEVICE": "cuda", "RECON_MODEL_CACHE_DIR"
 def job_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The env of every flow-run container: the RECON_* settings of `environ` (the process that
     creates the pool runs with the same .env as the workers) and its flow-run heartbeat setting,
-    secrets as block references. PREFECT_API_URL is not here: the worker adds its own."""
+    secrets as block references, and the allocator settings jobs run with (recon/allocator.py).
+    PREFECT_API_URL is not here: the worker adds its own."""
     env = {k: v for k, v in environ.items()
            if (k.startswith("RECON_") and k not in API_ONLY_VARIABLES) or k in FLOW_RUN_PREFECT_VARIABLES}
     for variable, block in SECRET_VARIABLES.items():
         if variable in env:
             env[variable] = "{{ prefect.blocks.secret." + block + " }}"
-    return {**env, **FIXED_JOB_ENV}
+    return with_malloc_env({**env, **FIXED_JOB_ENV})
 
 
 def docker_base_job_template(image: str = DEFAULT_IMAGE, env: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import IO
 
 import httpx
 
+from recon.allocator import with_malloc_env
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # How often workers poll the pool. Prefect's default (10 s) makes submission-to-RUNNING take
@@ -249,14 +251,15 @@ def start_s3(port: int, log_dir: Path, *, host: str = "127.0.0.1", netns: str | 
 def start_worker(home: Path, api_url: str, pool: str, log_dir: Path, env_extra: dict[str, str] | None = None,
                  query_seconds: float = WORKER_QUERY_SECONDS, name: str = "worker", *, limit: int | None = None,
                  netns: str | None = None) -> ManagedProcess:
-    """A process worker polling `pool`; its flow runs inherit its environment (RECON_* settings).
+    """A process worker polling `pool`; its flow runs inherit its environment (RECON_* settings,
+    and the allocator settings of recon/allocator.py).
     `limit` caps the flow runs this worker runs at once (one per GPU of its host).
 
     The worker runs under the warm engine (deployments/warm_engine.py), which forks its flow runs
     from an interpreter that has Prefect imported (seconds sooner RUNNING); the returned process
     is that server, whose process group holds the worker too."""
-    env = prefect_env(home, api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
-                      PREFECT_WORKER_PREFETCH_SECONDS="5", **(env_extra or {}))
+    env = with_malloc_env(prefect_env(home, api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
+                                      PREFECT_WORKER_PREFETCH_SECONDS="5", **(env_extra or {})))
     worker = [bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process",
               "--name", f"{name}-{os.getpid()}"]
     if limit is not None:

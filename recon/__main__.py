@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from recon.allocator import keep_freed_memory
 from recon.engines.base import EngineConfig
 from recon.errors import Cancelled, ReconError
 from recon.hooks import Hooks
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                      help=f"comma-separated mesh formats among {','.join(MESH_FORMATS)} "
                           f"(default {','.join(DEFAULT_FORMATS)})")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # before the pipeline starts threads
     try:
         configs = _engine_configs(args.config)
         options = ReconOptions(target_faces=args.target_faces, texture_size=args.texture_size,
