@@ -25,7 +25,7 @@ class FusionConfig(EngineConfig):
     """Grid, face budget and texture size of the fusion result."""
 
     name: ClassVar[str] = "fusion"
-    version: str = "1.6.0"
+    version: str = "1.7.0"
     max_resolution: int = 256  # voxels along the object's longest side (effective; coarse-to-fine)
     min_resolution: int = 96
     face_budget: int = 100_000
@@ -95,6 +95,9 @@ def textured_fusion(mesh: trimesh.Trimesh, inputs: Inputs, calibration: Calibrat
             "bbox": np.asarray(mesh.bounds).tolist(),
             # the depths' extra carving tolerance that the silhouettes asked for (depth_slack.py)
             "depth_slack": round(float(mesh.metadata.get("depth_slack", 0.0)), 6),
+            # silhouette rays the depths' carving emptied, and the depth pixels that gave way
+            # where it did (silhouette_repair.py)
+            "silhouette_repair": mesh.metadata.get("silhouette_repair", {}),
             # surfaces no view saw, and whether they were dropped as an open object's (unseen.py)
             "unseen": mesh.metadata.get("unseen", {}),
         },

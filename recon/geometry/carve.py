@@ -29,6 +29,7 @@ from recon.calibration.projection import frame_half_size, normalized_coords, to_
 from recon.calibration.rig import Camera
 from recon.errors import ModelFailed
 from recon.geometry.depth_slack import fit_depth_slack
+from recon.geometry.silhouette_repair import keep_silhouettes
 from recon.geometry.unseen import drop_invented_walls
 from recon.hooks import Hooks
 from recon.types import Calibration, Inputs
@@ -79,6 +80,7 @@ def fuse_geometries(
     voxel = float((hi - lo).max()) / resolution
     field.shell = SHELL_VOXELS * voxel
     field.depth_slack = fit_depth_slack(field, inputs.masks, calibration.cameras, voxel)
+    repair = keep_silhouettes(field, inputs.masks, calibration.cameras, voxel, lo, hi)
     volume, spacing, active = _sample_coarse_to_fine(field, lo, hi, resolution, hooks.sub(0.05, 0.6))
     hooks.check()
     hooks.progress(0.65, "geometry: marching cubes")
@@ -97,6 +99,7 @@ def fuse_geometries(
         smooth_keeping_contours(mesh, [cam.position for cam in calibration.cameras])
         mesh.metadata["unseen"] = drop_invented_walls(mesh, calibration.cameras, voxel)
         mesh.metadata["depth_slack"] = field.depth_slack
+        mesh.metadata["silhouette_repair"] = repair
         meshes.append(mesh)
     hooks.progress(1.0, "geometry: done")
     return meshes
@@ -334,6 +337,10 @@ class _DepthCells:
         values = np.unique(depth[depth > 0])
         quantum = float(np.median(np.diff(values))) if values.size > 2 else 0.0
         self.depth = depth
+        self.step = step
+        # what the view observed, for the surface slab (silhouette_repair lowers `depth`, the
+        # carving, where it would empty a silhouette; the observed surface stays where it was)
+        self.observed: _DepthCells | None = None
         self.nearest = np.where(np.isfinite(nearest), nearest, np.nan).astype(np.float32)
         self.smooth = smooth
         self.slack = np.float32(0.5 * quantum)
@@ -368,6 +375,8 @@ class _DepthCells:
         bil -= self.slack
         out = np.where(smooth, bil, self.nearest.reshape(-1)[cell] - self.slack)
         out[~inb] = np.nan
+        if self.observed is not None:
+            return out, self.observed.sample(px, py)[1]
         return out, np.where(smooth, bil + self.slack, np.float32(np.nan))
 
 
