@@ -31,6 +31,9 @@ wall time depends on the load, CPU time much less). Printed per case as one JSON
   Chamfer. That figure is still printed as chamfer_pct_est_scale). `chamfer_pct_aligned` /
   `fscore_aligned` are the same after the similarity ICP finds (`aligned_scores`): a diagnostic
   of what a photo case's unobservable place, scale and turn cost, never a target;
+- `novel_psnr_aligned` / `novel_ssim_aligned`: the novel views again with the mesh moved onto the
+  truth by that similarity and the novel cameras as they are: shape and texture without the
+  gauge, the same kind of diagnostic (a target is always judged on `novel_psnr`);
 - fov and variant recovery from cameras.json.
 Never part of the test run.
 """
@@ -44,7 +47,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -165,8 +168,15 @@ def load_result_mesh(out: Path):
                         np.asarray(visual.uv, np.float32), np.asarray(image))
 
 
-def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> dict:
-    """Novel-view PSNR/SSIM (object pixels) of the reconstruction against the truth renders."""
+def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend,
+                 to_truth: np.ndarray | None = None) -> dict:
+    """Novel-view PSNR/SSIM (object pixels) of the reconstruction against the truth renders.
+
+    By default in the rig's frame (module doc). With `to_truth` (4x4, our rig frame -> the truth's
+    units, `geometry_scores`' similarity) the mesh is moved onto the truth instead and seen by the
+    novel cameras as they are: the same figures with the object's place, scale and turn (which
+    re-framed photos leave unobservable) taken out, reported with the suffix `_aligned`.
+    """
     import trimesh
     from PIL import Image
 
@@ -175,16 +185,18 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
 
     truth_mesh = cast(trimesh.Trimesh, trimesh.load(folder / truth["mesh"], process=False))  # a PLY with faces
     scale = camera_distance(fov_est) / truth["distance"]
+    vertices = mesh.vertices if to_truth is None else trimesh.transform_points(mesh.vertices, to_truth).astype(np.float32)
     scores = []
     for novel in truth["novel"]:
         cam = Camera.from_dict(novel["camera"])
         image = np.asarray(Image.open(folder / novel["image"]).convert("RGB"), np.float32) / 255.0
         true_mask = render_mesh(backend, cam, truth_mesh.vertices, truth_mesh.faces).mask
         c2w = cam.c2w.copy()
-        c2w[:3, 3] *= scale
+        if to_truth is None:
+            c2w[:3, 3] *= scale
         # 2x2 supersampled like the truth renders, so silhouettes are compared like for like.
-        recon_cam = Camera(c2w, fov_est, cam.width * 2, cam.height * 2, cam.slot)
-        view = render_mesh(backend, recon_cam, mesh.vertices, mesh.faces, mesh.uv, mesh.texture)
+        recon_cam = Camera(c2w, fov_est if to_truth is None else cam.fov_deg, cam.width * 2, cam.height * 2, cam.slot)
+        view = render_mesh(backend, recon_cam, vertices, mesh.faces, mesh.uv, mesh.texture)
         assert view.color is not None  # rendered with uv and a texture
         colour = block_mean(view.color, 2)
         mask = block_mean(view.mask.astype(np.float32), 2) >= 0.5
@@ -192,17 +204,19 @@ def novel_scores(mesh, truth: dict, folder: Path, fov_est: float, backend) -> di
         # (Whitening the pixels outside the one-sample true mask capped even the true mesh with
         # its true colours at 33.8-37.1 dB; as they are, it scores 58.6-59.4 dB, 8-bit rounding.)
         scores.append(compare_view(colour, mask, image, true_mask))
+    suffix = "" if to_truth is None else "_aligned"
     return {
-        "novel_psnr": float(np.mean([s["psnr"] for s in scores])),
-        "novel_ssim": float(np.mean([s["ssim"] for s in scores])),
-        "novel_mask_iou": float(np.mean([s["mask_iou"] for s in scores])),
-        "novel_psnr_per_view": [round(s["psnr"], 2) for s in scores],
+        f"novel_psnr{suffix}": float(np.mean([s["psnr"] for s in scores])),
+        f"novel_ssim{suffix}": float(np.mean([s["ssim"] for s in scores])),
+        f"novel_mask_iou{suffix}": float(np.mean([s["mask_iou"] for s in scores])),
+        f"novel_psnr_per_view{suffix}": [round(s["psnr"], 2) for s in scores],
     }
 
 
 def geometry_scores(mesh, truth: dict, folder: Path, fov_true: float, fov_est: float) -> dict:
     """Chamfer / F-score in the rig's frame (see the module doc), plus the Chamfer of the old
-    fov_est scaling for comparison with earlier figures."""
+    fov_est scaling for comparison with earlier figures. `to_truth` holds the similarity (4x4,
+    our rig frame -> the truth) that `aligned_scores` found, for `novel_scores`."""
     import trimesh
 
     from recon.quality.evaluate import chamfer_fscore
@@ -211,14 +225,17 @@ def geometry_scores(mesh, truth: dict, folder: Path, fov_true: float, fov_est: f
     ours = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
     # both compared in true units, so the percentages stay relative to the true diagonal
     in_true_units = trimesh.Trimesh(ours.vertices * (truth["distance"] / camera_distance(fov_true)), ours.faces, process=False)
-    scores = chamfer_fscore(in_true_units, truth_mesh)
+    scores: dict[str, Any] = dict(chamfer_fscore(in_true_units, truth_mesh))
     at_est = trimesh.Trimesh(ours.vertices * (truth["distance"] / camera_distance(fov_est)), ours.faces, process=False)
     scores["chamfer_pct_est_scale"] = chamfer_fscore(at_est, truth_mesh)["chamfer_pct"]
-    scores.update(aligned_scores(in_true_units, truth_mesh))
+    aligned, matrix = aligned_scores(in_true_units, truth_mesh)
+    scores.update(aligned)
+    units = np.diag([truth["distance"] / camera_distance(fov_true)] * 3 + [1.0])
+    scores["to_truth"] = matrix @ units
     return scores
 
 
-def aligned_scores(ours, truth_mesh) -> dict:
+def aligned_scores(ours, truth_mesh) -> tuple[dict, np.ndarray]:
     """Chamfer / F-score after the similarity that best lays our surface on the truth (trimesh's
     ICP from the rig's frame, ours onto theirs, so a part we lack does not pull it; being
     one-sided, on a thin open sheet it can end a little above `chamfer_pct`), with that
@@ -240,7 +257,7 @@ def aligned_scores(ours, truth_mesh) -> dict:
     diagonal = float(np.linalg.norm(np.ptp(truth_mesh.vertices, axis=0)))
     return {"chamfer_pct_aligned": scores["chamfer_pct"], "fscore_aligned": scores["fscore"],
             "aligned_offset_pct": round(100 * float(np.linalg.norm(matrix[:3, 3])) / diagonal, 3),
-            "aligned_turn_deg": round(float(turn), 3), "aligned_scale": round(scale, 4)}
+            "aligned_turn_deg": round(float(turn), 3), "aligned_scale": round(scale, 4)}, matrix
 
 
 def evaluate_case(entry: dict, folder: Path, out: Path, run: dict) -> dict:
@@ -274,7 +291,10 @@ def evaluate_case(entry: dict, folder: Path, out: Path, run: dict) -> dict:
         "faces": int(len(mesh.faces)),
     })
     result.update(novel_scores(mesh, truth, folder, fov_est, get_backend("cpu")))
-    result.update(geometry_scores(mesh, truth, folder, entry["fov"], fov_est))
+    geometry = geometry_scores(mesh, truth, folder, entry["fov"], fov_est)
+    to_truth = geometry.pop("to_truth")
+    result.update(geometry)
+    result.update(novel_scores(mesh, truth, folder, fov_est, get_backend("cpu"), to_truth=to_truth))
     return result
 
 

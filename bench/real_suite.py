@@ -107,6 +107,7 @@ def summarise_real(results: list[dict], engine: str, size: str | None) -> dict:
         "gate": {r["case"]: {"status": r.get("quality_status"), "object_status": r.get("object_status"),
                              "geometry_ok": geometry_ok(r)} for r in ok},
         "means": {k: mean(k) for k in ("input_psnr", "input_ssim", "novel_psnr", "novel_ssim",
-                                       "chamfer_pct", "fscore", "chamfer_pct_aligned", "fscore_aligned", "mask_iou", "gate_psnr",
+                                       "chamfer_pct", "fscore", "chamfer_pct_aligned", "fscore_aligned",
+                                       "novel_psnr_aligned", "mask_iou", "gate_psnr",
                                        "gate_ssim", "wall_s", "peak_rss_mib")},
     }
