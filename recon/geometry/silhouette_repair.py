@@ -40,6 +40,7 @@ REPAIR_TOLERANCE = 1.0  # voxels: a ray whose least field value exceeds this is 
 PLAUSIBLE_VOXELS = 2.0  # how much more carved than a ray's least-carved point a restored point may be
 PATCH = 1  # depth pixels either side of the projected point that give way
 ROUNDS = 3
+MIN_PROGRESS = 0.2  # a round must fill this share of the empty rays for another to follow
 BATCH_POINTS = 1 << 20  # points per field evaluation
 
 
@@ -145,7 +146,10 @@ def keep_silhouettes(field: SignedField, masks: list[np.ndarray], cameras: list[
             break
         changed += _give_way(field, plausible_points(field, empty, PLAUSIBLE_VOXELS * voxel), _DepthCells)
         # depths only ever give way, so a ray that is not empty stays so: re-test the rest
+        before = len(empty.dirs)
         empty = find_empty(field, empty, tolerance)
+        if len(empty.dirs) > (1 - MIN_PROGRESS) * before:
+            break  # what is left, the depths cannot give back (views that disagree on the outline)
     return {"empty_rays": first, "empty_rays_left": int(len(empty.dirs)), "depth_pixels_lowered": changed}
 
 
