@@ -23,7 +23,6 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import marching_cubes
-from trimesh.grouping import unique_rows
 
 from recon.calibration.projection import frame_half_size, normalized_coords, to_pixels
 from recon.calibration.rig import Camera
@@ -32,11 +31,13 @@ from recon.geometry.depth_slack import fit_depth_slack
 from recon.geometry.silhouette_repair import keep_silhouettes
 from recon.geometry.unseen import drop_invented_walls
 from recon.hooks import Hooks
+from recon.threads import core_count, map_in_threads
 from recon.types import Calibration, Inputs
 
 SILHOUETTE_RES = 1024  # silhouettes' distance transforms are computed at most at this size
 BLOCK = 4  # fine voxels per coarse block edge
 CHUNK = 1 << 20  # points per field evaluation batch (bounds temporary memory)
+MIN_SPLIT = 1 << 16  # fewer points than this per thread are not worth a thread
 SDF_MARGIN = 64  # pixels around the silhouette where its distance transform is exact
 SMOOTH_STEP = 0.02  # depth steps above this (x frame half-size) between neighbours are edges
 # Masks come from the background colour with a tolerance, so every partly covered edge pixel is
@@ -236,9 +237,17 @@ class SignedField:
         return inside.min(axis=0) - 2 * step, inside.max(axis=0) + 2 * step
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
+        """The field at points, in pieces side by side on the cores (its numpy gathers and
+        arithmetic release the GIL); the pieces together hold no more than one CHUNK's
+        temporaries unless the call itself is larger."""
         out = np.empty(len(points), np.float32)
-        for start in range(0, len(points), CHUNK):
-            out[start:start + CHUNK] = self._eval(points[start:start + CHUNK])
+        threads = core_count()
+        size = min(CHUNK, max(MIN_SPLIT, -(-len(points) // threads)))
+
+        def fill(start: int) -> None:
+            out[start:start + size] = self._eval(points[start:start + size])
+
+        list(map_in_threads(fill, range(0, len(points), size), threads))
         return out
 
     def carve_terms(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -439,7 +448,10 @@ def _extract(volume: np.ndarray, spacing: float, lo: np.ndarray, active: np.ndar
     verts, faces, _, _ = marching_cubes(volume, level=0.0, spacing=(spacing,) * 3, mask=active,
                                         allow_degenerate=False)
     mesh = trimesh.Trimesh(verts + lo, faces, process=False)
-    if mesh.volume < 0:
+    # the orientation is all that is needed here: the signed volume's sign, without the
+    # mass properties (inertia and centre of mass) that Trimesh.volume computes alongside
+    tri = np.asarray(mesh.triangles, np.float64)
+    if np.einsum("ij,ij->", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) < 0:
         mesh.invert()
     return mesh
 
@@ -462,32 +474,52 @@ def clean_mesh(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
         mesh.update_faces(face_labels == largest)
     mesh.remove_unreferenced_vertices()
     for _ in range(3):
-        if mesh.is_watertight:
+        directed, use = _directed_edges(mesh)
+        if (use == 2).all():  # watertight (Trimesh.is_watertight's test, on our faster count)
             break
-        # decimation can pinch a few edges into 4 faces: drop the faces on such edges, then
-        # close the holes that leaves (and any other)
-        bad = np.zeros(len(mesh.faces), bool)
-        bad[mesh.edges_face[_edge_use(mesh.edges_sorted) > 2]] = True
-        mesh.update_faces(~bad)
-        mesh.remove_unreferenced_vertices()
-        mesh = _fill_boundary_loops(mesh)
+        if (use > 2).any():
+            # decimation can pinch a few edges into 4 faces: drop the faces on such edges, then
+            # close the holes that leaves (and any other)
+            bad = np.zeros(len(mesh.faces), bool)
+            bad[np.flatnonzero(use > 2) // 3] = True
+            mesh.update_faces(~bad)
+            mesh.remove_unreferenced_vertices()
+            directed, use = _directed_edges(mesh)
+        # the open edges by edge slot, then face: the order decides how loops that touch at a
+        # vertex are split, and with it the decimated mesh, so it stays the one results were measured with
+        by_slot = directed.reshape(-1, 3, 2).transpose(1, 0, 2).reshape(-1, 2)
+        mesh = _fill_boundary_loops(mesh, by_slot[use.reshape(-1, 3).T.reshape(-1) == 1])
     return mesh
 
 
+def _directed_edges(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's three edges as it winds them (edge k belongs to face k // 3), and how many
+    faces use each edge. From the faces directly: trimesh's cached edge properties re-hash the
+    faces on every access after a change."""
+    directed = np.asarray(mesh.faces)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    return directed, _edge_use(np.sort(directed, axis=1))
+
+
 def _edge_use(edges_sorted: np.ndarray) -> np.ndarray:
-    """How many times each row's (sorted) edge occurs among the rows. trimesh's row hashing packs
-    a row into one integer; np.unique(axis=0) sorts rows as opaque records, several times slower
-    on the 10^6 edges of a full-size grid."""
-    _, inverse = unique_rows(edges_sorted)
-    return np.bincount(inverse)[inverse]
+    """How many times each row's (sorted) edge occurs among the rows: one integer key per edge,
+    one sort, run lengths. (np.unique(axis=0) sorts rows as opaque records and trimesh's
+    unique_rows hashes them first, both several times slower on a full-size grid's 10^6 edges.)"""
+    edges = np.asarray(edges_sorted, np.int64).reshape(-1, 2)
+    key = edges[:, 0] * (int(edges.max(initial=0)) + 1) + edges[:, 1]
+    order = np.argsort(key)
+    ordered = key[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    runs = np.diff(np.r_[starts, len(ordered)])
+    use = np.empty(len(key), np.int64)
+    use[order] = np.repeat(runs, runs)
+    return use
 
 
-def _fill_boundary_loops(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """Close every boundary loop with a fan around its centroid (trimesh's own fill_holes only
-    closes triangles and quads). Loops that share a vertex are split into simple cycles."""
+def _fill_boundary_loops(mesh: trimesh.Trimesh, boundary: np.ndarray) -> trimesh.Trimesh:
+    """Close every boundary loop (`boundary`: the directed edges no other face shares) with a fan
+    around its centroid (trimesh's own fill_holes only closes triangles and quads). Loops that
+    share a vertex are split into simple cycles."""
     faces = np.asarray(mesh.faces)
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    boundary = directed[_edge_use(np.sort(directed, axis=1)) == 1]
     if len(boundary) == 0:
         return mesh
     outgoing: dict[int, list[int]] = {}
