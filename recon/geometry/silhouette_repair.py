@@ -42,6 +42,7 @@ PATCH = 1  # depth pixels either side of the projected point that give way
 ROUNDS = 3
 MIN_PROGRESS = 0.2  # a round must fill this share of the empty rays for another to follow
 BATCH_POINTS = 1 << 20  # points per field evaluation
+OWN_DEPTH_PROBES = (0.0, 0.5, 1.5)  # voxels behind a ray's own carving depth sampled before marching
 
 
 @dataclass
@@ -49,6 +50,7 @@ class _Rays:
     """Rays (origins, directions scaled to unit z-depth, z-depth range) and, once marched, each
     ray's least-field point and value."""
 
+    view: np.ndarray  # (R,) the view whose silhouette pixel each ray passes through
     origins: np.ndarray  # (R, 3)
     dirs: np.ndarray  # (R, 3)
     near: np.ndarray  # (R,)
@@ -72,17 +74,22 @@ class _Rays:
         self.points, self.least = np.concatenate(pts_all), np.concatenate(least_all)
 
     def select(self, keep: np.ndarray) -> _Rays:
-        return _Rays(self.origins[keep], self.dirs[keep], self.near[keep], self.far[keep],
+        return _Rays(self.view[keep], self.origins[keep], self.dirs[keep], self.near[keep], self.far[keep],
                      None if self.points is None else self.points[keep],
                      None if self.least is None else self.least[keep])
 
     @staticmethod
     def join(parts: list[_Rays]) -> _Rays:
-        return _Rays(*(np.concatenate([getattr(r, k) for r in parts])
-                       for k in ("origins", "dirs", "near", "far", "points", "least")))
+        def joined(key: str) -> np.ndarray | None:
+            values = [getattr(r, key) for r in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        view, origins, dirs, near, far = (np.concatenate([getattr(r, k) for r in parts])
+                                          for k in ("view", "origins", "dirs", "near", "far"))
+        return _Rays(view, origins, dirs, near, far, joined("points"), joined("least"))
 
 
-def silhouette_rays(cam: Camera, mask: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _Rays:
+def silhouette_rays(view: int, cam: Camera, mask: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _Rays:
     """The rays through `mask`'s pixels at RAY_RES, over their stretch inside the box [lo, hi]
     (the field's bounds: outside it every point is carved)."""
     small = downsample_mask(mask, RAY_RES)
@@ -96,13 +103,38 @@ def silhouette_rays(cam: Camera, mask: np.ndarray, lo: np.ndarray, hi: np.ndarra
     near = np.nanmax(np.minimum(t0, t1), axis=1)
     far = np.nanmin(np.maximum(t0, t1), axis=1)
     hit = far > np.maximum(near, 0.0)
-    return _Rays(np.tile(origin, (int(hit.sum()), 1)), dirs[hit], np.maximum(near[hit], 0.0), far[hit])
+    count = int(hit.sum())
+    return _Rays(np.full(count, view), np.tile(origin, (count, 1)), dirs[hit],
+                 np.maximum(near[hit], 0.0), far[hit])
 
 
-def find_empty(field: SignedField, rays: _Rays, tolerance: float) -> _Rays:
-    """The rays the field leaves empty, with their least-field points: a coarse march rules out
-    most (a sample at or below the tolerance proves a ray is not empty), a fine one settles the
-    rest (the field is not smooth across depth edges, so a coarse miss proves nothing)."""
+def met_at_own_depth(field: SignedField, rays: _Rays, voxel: float, tolerance: float) -> np.ndarray:
+    """The rays that a sample at or just behind their own view's carving depth proves met (field
+    at or below the tolerance there): where the views agree that is most rays, at a few samples
+    each instead of a march, and it finds the thin stretch a march's samples can step over."""
+    own = np.full(len(rays.dirs), np.nan, np.float32)
+    for view in np.unique(rays.view):
+        these = rays.view == view
+        dcam, cells = field.depth_cams[view], field.depths[view]
+        # any point of a ray projects to its pixel; the one at z-depth 1 will do
+        xn, yn, _ = normalized_coords(dcam, rays.origins[these] + rays.dirs[these])
+        own[these] = cells.sample(*to_pixels(dcam, xn, yn))[0]
+    met = np.zeros(len(rays.dirs), bool)
+    known = np.flatnonzero(np.isfinite(own))
+    for behind in OWN_DEPTH_PROBES:
+        z = own[known] + np.float32(behind * voxel)
+        pts = (rays.origins[known] + z[:, None] * rays.dirs[known]).astype(np.float32)
+        met[known[field(pts) <= tolerance]] = True
+        known = known[~met[known]]
+    return met
+
+
+def find_empty(field: SignedField, rays: _Rays, voxel: float, tolerance: float) -> _Rays:
+    """The rays the field leaves empty, with their least-field points: samples at each ray's own
+    view's depth, then a coarse march, rule out most (a sample at or below the tolerance proves a
+    ray is not empty); a fine march settles the rest (the field is not smooth across depth edges,
+    so a coarse miss proves nothing)."""
+    rays = rays.select(~met_at_own_depth(field, rays, voxel, tolerance))
     rays.march(field, COARSE_STEPS)
     assert rays.least is not None
     candidates = rays.select(rays.least > tolerance)
@@ -137,8 +169,9 @@ def keep_silhouettes(field: SignedField, masks: list[np.ndarray], cameras: list[
     from recon.geometry.carve import _DepthCells
 
     tolerance = REPAIR_TOLERANCE * voxel
-    empty = _Rays.join([find_empty(field, silhouette_rays(cam, mask, lo, hi), tolerance)
-                        for cam, mask in zip(cameras, masks)])
+    rays = _Rays.join([silhouette_rays(view, cam, mask, lo, hi)
+                       for view, (cam, mask) in enumerate(zip(cameras, masks))])
+    empty = find_empty(field, rays, voxel, tolerance)
     first = len(empty.dirs)
     changed = 0
     for _ in range(ROUNDS):
@@ -147,7 +180,7 @@ def keep_silhouettes(field: SignedField, masks: list[np.ndarray], cameras: list[
         changed += _give_way(field, plausible_points(field, empty, PLAUSIBLE_VOXELS * voxel), _DepthCells)
         # depths only ever give way, so a ray that is not empty stays so: re-test the rest
         before = len(empty.dirs)
-        empty = find_empty(field, empty, tolerance)
+        empty = find_empty(field, empty, voxel, tolerance)
         if len(empty.dirs) > (1 - MIN_PROGRESS) * before:
             break  # what is left, the depths cannot give back (views that disagree on the outline)
     return {"empty_rays": first, "empty_rays_left": int(len(empty.dirs)), "depth_pixels_lowered": changed}
