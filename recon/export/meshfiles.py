@@ -22,6 +22,7 @@ from trimesh.visual.material import PBRMaterial, SimpleMaterial
 
 from recon.mesh import TexturedMesh
 from recon.options import DEFAULT_FORMATS, MESH_FORMATS
+from recon.threads import map_in_threads
 
 MATERIAL_NAME = "texture"  # trimesh names the OBJ's image after the material: texture.png
 TEXTURE_FILE = "texture.png"
@@ -189,14 +190,18 @@ def export_mesh(mesh: TexturedMesh, out_dir: Path, formats: Sequence[str] = DEFA
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(np.ascontiguousarray(mesh.texture[..., :3]).astype(np.uint8), "RGB")
-    paths: list[Path] = []
-    for fmt in MESH_FORMATS:
-        if fmt in formats:
-            paths += _WRITERS[fmt](mesh, image, out)
-    if any(fmt in formats for fmt in _USES_TEXTURE_FILE):
+
+    def write_texture(image: Image.Image) -> list[Path]:
         image.save(out / TEXTURE_FILE)  # the exact texture, not trimesh's re-encoding
-        paths.append(out / TEXTURE_FILE)
-    return paths
+        return [out / TEXTURE_FILE]
+
+    writers = [_WRITERS[fmt] for fmt in MESH_FORMATS if fmt in formats]
+    if any(fmt in formats for fmt in _USES_TEXTURE_FILE):
+        writers.append(lambda _mesh, image, _out: write_texture(image))
+    # each writer its own files, side by side: PNG encoding (the GLB's texture, texture.png)
+    # releases the GIL while the OBJ's text is formatted
+    written = map_in_threads(lambda write: write(mesh, image, out), writers)
+    return [path for paths in written for path in paths]
 
 
 MESH_FILES = mesh_files(DEFAULT_FORMATS)  # the spec's default set
