@@ -185,3 +185,39 @@ def test_cancellation_is_checked_between_views(backend):
     with pytest.raises(Cancelled):
         bake_texture(mesh.vertices, mesh.faces, inputs, calibration, texture_size=64,
                      backend=backend, hooks=Hooks(should_cancel=cancel_after_two))
+
+
+def test_edge_weights_and_facing_test_match_their_direct_forms():
+    """The bake's shortcuts (the edge distances on the object's box only, the facing test from
+    shared per-texel terms) give what the full-image transform and the direct cosine give."""
+    from scipy import ndimage
+
+    from recon.texture.bake import EDGE_FLOOR, MIN_FACING_COS, _edge_weight, _Texels
+
+    rng = np.random.default_rng(3)
+    valid = np.zeros((120, 160), bool)
+    valid[30:95, 40:130] = rng.random((65, 90)) > 0.05  # a box with speckled holes
+    depth = np.where(valid, 2.0 + 0.01 * rng.random(valid.shape), 0.0).astype(np.float32)
+    depth[60:, 80:] += np.where(valid[60:, 80:], 0.5, 0.0)  # a depth step inside the mask
+    got = _edge_weight(valid, depth, 4.0)
+    jump = np.zeros_like(valid)
+    tol = 0.02 * np.maximum(depth, 1e-6)
+    dy, dx = np.abs(np.diff(depth, axis=0)) > tol[1:], np.abs(np.diff(depth, axis=1)) > tol[:, 1:]
+    jump[1:] |= dy
+    jump[:-1] |= dy
+    jump[:, 1:] |= dx
+    jump[:, :-1] |= dx
+    full = ndimage.distance_transform_edt(valid & ~jump)
+    np.testing.assert_allclose(got, np.maximum(np.clip(full / 4.0, 0, 1), EDGE_FLOOR), atol=1e-6)
+    assert (got == 1.0).any() and (got[valid] < 1.0).any()
+
+    points = rng.normal(size=(5000, 3)).astype(np.float32) * 0.4
+    normals = rng.normal(size=(5000, 3)).astype(np.float32)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    camera = np.array([0.4, 0.9, 2.6])
+    to_cam = camera.astype(np.float32) - points
+    cos = np.einsum("nc,nc->n", normals, to_cam) / np.linalg.norm(to_cam, axis=1)
+    idx, got_cos = _Texels(points, normals).facing(camera, MIN_FACING_COS)
+    clear = np.abs(cos - MIN_FACING_COS) > 1e-5  # the threshold itself is float noise either way
+    assert set(idx[clear[idx]]) == set(np.flatnonzero((cos > MIN_FACING_COS) & clear))
+    np.testing.assert_allclose(got_cos, cos[idx], atol=1e-5)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import trimesh
@@ -38,6 +38,7 @@ from recon.types import Calibration, Inputs
 ANGLE_POWER = 8.0  # k in cos^k: the most frontal view dominates, neighbours blend softly (k 3-30 measured within 0.1 dB)
 DEPTH_TOLERANCE = 0.005  # relative z-depth difference accepted as "the same surface"
 EDGE_FRACTION = 0.006  # weight ramps up over this fraction of the view's size from mask/depth edges
+MIN_FACING_COS = 0.05  # a view colours only the texels that face it at least this much
 EDGE_FLOOR = 1e-3  # weight of a texel right at an edge: used only when nothing better sees it
 VISIBILITY_MAX_RES = 1024  # depth maps for the visibility test are rendered at most this large
 PHOTOMETRIC_SAMPLES = 50_000  # texels the per-view gains are solved on
@@ -85,22 +86,31 @@ def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1
     return AtlasRaster(size, texel, owner_face[texel], bary)
 
 
-def _bilinear(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """Sample (H, W, C) at pixel coordinates (x right, y down; centres at +0.5), edge-clamped."""
+def _masked_bilinear(image: np.ndarray, mask: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Sample (H, W, C) at pixel coordinates (x right, y down; centres at +0.5), edge-clamped,
+    from the taps inside `mask` only (bilinear weights renormalised over them), so that taps on
+    the background never leak into the colour. The same as bilinear sampling of the image
+    premultiplied by the mask, without building that full-size copy."""
     h, w = image.shape[:2]
     flat = image.reshape(h * w, -1)
+    inside = mask.reshape(-1)
     x = np.clip(px - 0.5, 0, w - 1).astype(np.float32)
     y = np.clip(py - 0.5, 0, h - 1).astype(np.float32)
     x0 = np.minimum(x.astype(np.int64), max(w - 2, 0))
     y0 = np.minimum(y.astype(np.int64), max(h - 2, 0))
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
+    fx, fy = x - x0, y - y0
     i00 = y0 * w + x0
     dx = 1 if w > 1 else 0
     dy = w if h > 1 else 0
-    top = np.take(flat, i00, axis=0) * (1 - fx) + np.take(flat, i00 + dx, axis=0) * fx
-    bottom = np.take(flat, i00 + dy, axis=0) * (1 - fx) + np.take(flat, i00 + dy + dx, axis=0) * fx
-    return top * (1 - fy) + bottom * fy
+    colour = np.zeros((len(px), flat.shape[1]), np.float32)
+    total = np.zeros(len(px), np.float32)
+    for offset, weight in ((0, (1 - fx) * (1 - fy)), (dx, fx * (1 - fy)),
+                           (dy, (1 - fx) * fy), (dy + dx, fx * fy)):
+        tap = i00 + offset
+        weight = weight * inside[tap]
+        colour += np.take(flat, tap, axis=0) * weight[:, None]
+        total += weight
+    return colour / np.maximum(total, np.float32(1e-6))[:, None]
 
 
 def _nearest(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
@@ -120,7 +130,15 @@ def _edge_weight(valid: np.ndarray, depth: np.ndarray, ramp_px: float) -> np.nda
     jump[:-1] |= dy
     jump[:, 1:] |= dx
     jump[:, :-1] |= dx
-    dist = ndimage.distance_transform_edt(valid & ~jump)
+    core = valid & ~jump
+    dist = np.zeros(core.shape)
+    rows, cols = np.flatnonzero(core.any(axis=1)), np.flatnonzero(core.any(axis=0))
+    if len(rows):
+        # on the object's box and a ring of background around it: every pixel's nearest
+        # background pixel lies there, so the distances are the full image's
+        r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, core.shape[0])
+        c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, core.shape[1])
+        dist[r0:r1, c0:c1] = ndimage.distance_transform_edt(core[r0:r1, c0:c1])
     return np.maximum(np.clip(dist / ramp_px, 0.0, 1.0), EDGE_FLOOR).astype(np.float32)
 
 
@@ -157,6 +175,34 @@ def _vertex_colors_from_texels(raster: AtlasRaster, colors: np.ndarray, seen: np
     return out
 
 
+@dataclass
+class _Texels:
+    """The texels' surface points and unit normals, with the per-point terms every view's facing
+    test shares (n.p and |p|^2), so that a view's test is two matrix-vector products."""
+
+    points: np.ndarray  # (N, 3) float32
+    normals: np.ndarray  # (N, 3) float32
+    normal_dot_point: np.ndarray = field(init=False)
+    point_sq: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.normal_dot_point = np.einsum("nc,nc->n", self.normals, self.points)
+        self.point_sq = np.einsum("nc,nc->n", self.points, self.points)
+
+    def subset(self, rows: np.ndarray) -> _Texels:
+        return _Texels(self.points[rows], self.normals[rows])
+
+    def facing(self, position: np.ndarray, min_cos: float) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, cosines) of the points whose normal makes a cosine above `min_cos` with the
+        direction to `position`: n.(c - p) > min_cos |c - p|, compared squared (no root or
+        division over all points)."""
+        c = position.astype(np.float32)
+        dot = self.normals @ c - self.normal_dot_point
+        dist_sq = self.point_sq - 2 * (self.points @ c) + c @ c
+        idx = np.nonzero((dot > 0) & (dot * dot > np.float32(min_cos**2) * dist_sq))[0]
+        return idx, dot[idx] / np.sqrt(np.maximum(dist_sq[idx], np.float32(1e-24)))
+
+
 class _ViewLookup:
     """One view's contribution to the bake: which surface points it sees (visibility from a
     render of the mesh, inside its mask, facing it), their weight (cos^k of the viewing angle
@@ -176,17 +222,14 @@ class _ViewLookup:
         ramp = max(2.0, EDGE_FRACTION * max(self.vis_cam.width, self.vis_cam.height))
         self.edge = _edge_weight(self.valid, view.depth, ramp)
 
-    def __call__(self, points: np.ndarray, normals: np.ndarray, angle_power: float,
+    def __call__(self, texels: _Texels, angle_power: float,
                  exact: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices into points, weights, colours (N, 3)) of the points this view sees; with
+        """(indices into the texels, weights, colours (N, 3)) of the points this view sees; with
         exact=False the colour is the nearest pixel's (enough for the gains, and cheaper)."""
         cam, vis_cam = self.cam, self.vis_cam
         # Facing test first (cheap), then project only the points that face the camera.
-        to_cam = cam.position.astype(np.float32) - points
-        cos_all = np.einsum("nc,nc->n", normals, to_cam) / np.maximum(np.linalg.norm(to_cam, axis=1), 1e-12)
-        idx = np.nonzero(cos_all > 0.05)[0]
-        cos = cos_all[idx]
-        px, py, z = project_points(cam, points[idx])
+        idx, cos = texels.facing(cam.position, MIN_FACING_COS)
+        px, py, z = project_points(cam, texels.points[idx])
         vx, vy = px * self.scale, py * self.scale
         keep = (z > 0) & (vx >= 0) & (vy >= 0) & (vx < vis_cam.width) & (vy < vis_cam.height)
         idx, cos, px, py, z, vx, vy = (a[keep] for a in (idx, cos, px, py, z, vx, vy))
@@ -199,12 +242,7 @@ class _ViewLookup:
         weight = (cos ** angle_power) * _nearest(self.edge, vx, vy)
         if not exact:
             return idx, weight, _nearest(self.image, px, py)
-        # Mask-weighted bilinear lookup: taps on the background never leak into the colour.
-        # (built per call, not kept: six full-size copies would add to the bake's peak memory)
-        premultiplied = np.concatenate([self.image * self.full_mask[..., None], self.full_mask[..., None]],
-                                       axis=2, dtype=np.float32)
-        sample = _bilinear(premultiplied, px, py)
-        return idx, weight, sample[:, :3] / np.maximum(sample[:, 3:], 1e-6)
+        return idx, weight, _masked_bilinear(self.image, self.full_mask, px, py)
 
 
 def bake_colors(
@@ -239,7 +277,9 @@ def bake_colors(
         lambda i: _ViewLookup(inputs, i, calibration.cameras[i], vertices, faces, backend), used, threads))
     # per-view gain and white balance from a sparse subset of texels (recon.texture.photometric)
     subset = np.arange(0, n, max(1, n // PHOTOMETRIC_SAMPLES))
-    samples = [look(points[subset], normals[subset], angle_power, exact=False) for look in looks]
+    texels = _Texels(points, normals)
+    sampled = texels.subset(subset)
+    samples = [look(sampled, angle_power, exact=False) for look in looks]
     gains = np.ones((n_views, 3))
     triples = [(idx, colour, w) for idx, w, colour in samples]
     gains[used] = solve_gains(triples, len(subset))
@@ -256,7 +296,7 @@ def bake_colors(
     acc = np.zeros((n, 3), dtype=np.float32)
     wsum = np.zeros(n, dtype=np.float32)
     views_used = [0] * n_views
-    lookups = map_in_threads(lambda look: look(points, normals, angle_power), looks, threads)
+    lookups = map_in_threads(lambda look: look(texels, angle_power), looks, threads)
     for k, (i, (idx, weight, colour)) in enumerate(zip(used, lookups)):
         hooks.check()
         if shading is not None:
