@@ -25,7 +25,7 @@ class FusionConfig(EngineConfig):
     """Grid, face budget and texture size of the fusion result."""
 
     name: ClassVar[str] = "fusion"
-    version: str = "1.7.1"
+    version: str = "1.7.2"
     max_resolution: int = 256  # voxels along the object's longest side (effective; coarse-to-fine)
     min_resolution: int = 96
     face_budget: int = 100_000

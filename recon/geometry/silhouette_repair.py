@@ -43,6 +43,7 @@ ROUNDS = 3
 MIN_PROGRESS = 0.2  # a round must fill this share of the empty rays for another to follow
 BATCH_POINTS = 1 << 20  # points per field evaluation
 OWN_DEPTH_PROBES = (0.0, 0.5, 1.5)  # voxels behind a ray's own carving depth sampled before marching
+PROOF_DEPTH = 0.5  # voxels inside the object a probe must lie to prove its ray met (met_at_own_depth)
 
 
 @dataclass
@@ -109,9 +110,11 @@ def silhouette_rays(view: int, cam: Camera, mask: np.ndarray, lo: np.ndarray, hi
 
 
 def met_at_own_depth(field: SignedField, rays: _Rays, voxel: float, tolerance: float) -> np.ndarray:
-    """The rays that a sample at or just behind their own view's carving depth proves met (field
-    at or below the tolerance there): where the views agree that is most rays, at a few samples
-    each instead of a march, and it finds the thin stretch a march's samples can step over."""
+    """The rays that a sample at or just behind their own view's carving depth proves met: where
+    the views agree that is most rays, at a few samples each instead of a march. The proof is a
+    point PROOF_DEPTH inside the object, not merely within the tolerance: a wall thinner than
+    a voxel may not survive the grid's marching cubes, so its rays go on to the marches, whose
+    steps pass over such a wall and so have its depths give way (thickening it) as before."""
     own = np.full(len(rays.dirs), np.nan, np.float32)
     for view in np.unique(rays.view):
         these = rays.view == view
@@ -124,7 +127,7 @@ def met_at_own_depth(field: SignedField, rays: _Rays, voxel: float, tolerance: f
     for behind in OWN_DEPTH_PROBES:
         z = own[known] + np.float32(behind * voxel)
         pts = (rays.origins[known] + z[:, None] * rays.dirs[known]).astype(np.float32)
-        met[known[field(pts) <= tolerance]] = True
+        met[known[field(pts) <= -PROOF_DEPTH * voxel]] = True
         known = known[~met[known]]
     return met
 
