@@ -243,7 +243,9 @@ class CpuBackend(RenderBackend):
         hit = first_hits(scene, origins, dirs)
         local = np.nonzero(hit >= 0)[0]
         face = hit[local]
-        ok = (pos[:, 3].numpy()[tri_np[face]] > _MIN_W).all(axis=1)
+        # per face once (all corners in front of the camera), then per hit pixel a lookup
+        ahead_face: np.ndarray = np.all(pos[:, 3].numpy()[tri_np] > _MIN_W, axis=1)
+        ok = ahead_face[face]
         local, face = local[ok], face[ok]
         rect_w = c1 - c0 + 1
         rows = height - 1 - (local // rect_w + r0)  # rast rows are bottom-up
