@@ -85,6 +85,11 @@ def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
         return image
     if image.dtype == bool:
         return area_resize(image.astype(np.float32), width, height) > 0.5
+    factor = image.shape[0] // height
+    if factor * height == image.shape[0] and factor * width == image.shape[1]:
+        # a whole factor on both axes (full-size views to the measured size): the box filter
+        # is the block mean, without PIL's per-channel copies
+        return block_mean(image.astype(np.float32, copy=False), factor)
     channels = image[..., None] if image.ndim == 2 else image
     out = np.stack(
         [np.asarray(Image.fromarray(channels[..., c].astype(np.float32), "F").resize(
