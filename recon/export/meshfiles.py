@@ -165,6 +165,12 @@ def _write_stl(mesh: TexturedMesh, image: Image.Image, out: Path) -> list[Path]:
     return [out / "mesh.stl"]
 
 
+def _write_texture(mesh: TexturedMesh, image: Image.Image, out: Path) -> list[Path]:
+    """texture.png beside the OBJ and glTF: the exact texture, not trimesh's re-encoding."""
+    image.save(out / TEXTURE_FILE)
+    return [out / TEXTURE_FILE]
+
+
 _WRITERS: dict[str, Callable[[TexturedMesh, Image.Image, Path], list[Path]]] = {
     "glb": _write_glb, "obj": _write_obj, "ply": _write_ply, "stl": _write_stl, "gltf": _write_gltf,
 }
@@ -190,14 +196,9 @@ def export_mesh(mesh: TexturedMesh, out_dir: Path, formats: Sequence[str] = DEFA
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(np.ascontiguousarray(mesh.texture[..., :3]).astype(np.uint8), "RGB")
-
-    def write_texture(image: Image.Image) -> list[Path]:
-        image.save(out / TEXTURE_FILE)  # the exact texture, not trimesh's re-encoding
-        return [out / TEXTURE_FILE]
-
     writers = [_WRITERS[fmt] for fmt in MESH_FORMATS if fmt in formats]
     if any(fmt in formats for fmt in _USES_TEXTURE_FILE):
-        writers.append(lambda _mesh, image, _out: write_texture(image))
+        writers.append(_write_texture)
     # each writer its own files, side by side: PNG encoding (the GLB's texture, texture.png)
     # releases the GIL while the OBJ's text is formatted
     written = map_in_threads(lambda write: write(mesh, image, out), writers)

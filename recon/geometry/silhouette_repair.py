@@ -109,7 +109,7 @@ def silhouette_rays(view: int, cam: Camera, mask: np.ndarray, lo: np.ndarray, hi
                  np.maximum(near[hit], 0.0), far[hit])
 
 
-def met_at_own_depth(field: SignedField, rays: _Rays, voxel: float, tolerance: float) -> np.ndarray:
+def met_at_own_depth(field: SignedField, rays: _Rays, voxel: float) -> np.ndarray:
     """The rays that a sample at or just behind their own view's carving depth proves met: where
     the views agree that is most rays, at a few samples each instead of a march. The proof is a
     point PROOF_DEPTH inside the object, not merely within the tolerance: a wall thinner than
@@ -137,7 +137,7 @@ def find_empty(field: SignedField, rays: _Rays, voxel: float, tolerance: float) 
     view's depth, then a coarse march, rule out most (a sample at or below the tolerance proves a
     ray is not empty); a fine march settles the rest (the field is not smooth across depth edges,
     so a coarse miss proves nothing)."""
-    rays = rays.select(~met_at_own_depth(field, rays, voxel, tolerance))
+    rays = rays.select(~met_at_own_depth(field, rays, voxel))
     rays.march(field, COARSE_STEPS)
     assert rays.least is not None
     candidates = rays.select(rays.least > tolerance)
