@@ -14,7 +14,9 @@ import trimesh
 
 from recon.calibration.calibrate import calibrate
 from recon.calibration.projection import project_points
+from recon.calibration.register import _Misses
 from recon.calibration.rig import Camera, RigVariant, camera_distance, rig_cameras
+from recon.calibration.rim import RimScorer
 from recon.inputs.decode import decode_inputs
 from recon.synth.cases import load_test_mesh
 from recon.synth.open_surfaces import load_open_mesh
@@ -63,6 +65,19 @@ def test_reframed_photos_are_registered(photo_case: tuple[Path, dict]) -> None:
     rig = _pixel_errors(rig_cameras(FOV, 384, 384, VARIANT), FOV, truth, points)  # the rig at the true fov
     assert registered.mean() < 0.6 * rig.mean(), (registered, rig)
     assert registered.max() < 8.0, registered  # pixels of a 384 px view
+
+
+def test_jacobian_by_views_equals_one_parameter_at_a_time(photo_case: tuple[Path, dict]) -> None:
+    """The registration's Jacobian, four columns per view at once, is the plain forward
+    difference of every parameter (off the rig, at a pose away from zero)."""
+    out, truth = photo_case
+    inputs = decode_inputs([out / v["view"] for v in truth["views"]], [out / v["depth"] for v in truth["views"]])
+    misses = _Misses(RimScorer(inputs), VARIANT, FOV)
+    p = np.random.default_rng(0).normal(0.0, 0.01, 24)
+    misses.search(p)
+    by_views, by_columns = misses.jacobian(p), misses.jacobian_by_columns(p)
+    assert np.abs(by_columns).max() > 0
+    np.testing.assert_array_equal(by_views, by_columns)
 
 
 def test_registered_bowl_is_centred_without_the_hulls_cone(tmp_path: Path) -> None:

@@ -199,7 +199,53 @@ class _Misses:
         return self.residuals(self.terms(p))
 
     def jacobian(self, p: np.ndarray) -> np.ndarray:
-        """Forward differences of the residuals."""
+        """Forward differences of the residuals, a view's four columns at a time.
+
+        Moving view m's parameters changes two things only: view m's term for every other view's
+        (fixed) best points, and view m's own rays (so its points' terms in the other views). Each
+        is evaluated for the four perturbed poses on all the rays it touches at once: the residual
+        is a plain minimum over the views, so the result equals perturbing each parameter and
+        recomputing `terms`, in far fewer (and larger) array operations.
+        """
+        rot, focal = self._pose(p)
+        base = self.terms(p)
+        res = self.residuals(base)
+        n = len(rot)
+        counts = [t.shape[1] for t in base]
+        starts = np.cumsum([0] + counts)
+        scales = [math.sqrt(c * n) for c in counts]
+        pts = [self.pos[k] + self.along[k][:, None] * self._dirs(rot, focal, k) for k in range(n)]
+        jac = np.zeros((res.size, 24))
+        for m in range(n):
+            columns = (3 * m, 3 * m + 1, 3 * m + 2, 18 + m)
+            poses = []
+            for i in columns:
+                q = p.copy()
+                q[i] += FD_STEP
+                poses.append(self._pose(q))
+            others = [k for k in range(n) if k != m]
+            theirs = np.concatenate([pts[k] for k in others])
+            moved = np.concatenate([self.pos[m] + self.along[m][:, None] * self._dirs(r, f, m) for r, f in poses])
+            own = np.full(len(moved), np.inf, np.float32)
+            for j in others:
+                np.minimum(own, self._term(rot, focal, j, moved), out=own)
+            own_rows = own.reshape(len(columns), counts[m])
+            excl = {k: np.delete(base[k], m, axis=0).min(axis=0) for k in others}  # the other views' least
+            for c, (i, (r, f)) in enumerate(zip(columns, poses)):
+                term = self._term(r, f, m, theirs).astype(np.float32)  # as `terms` stores it
+                col = np.zeros(res.size)
+                at = 0
+                for k in others:
+                    new = np.minimum(np.minimum(excl[k], term[at:at + counts[k]]), 0.0) / scales[k]
+                    col[starts[k]:starts[k + 1]] = new.astype(np.float64) - res[starts[k]:starts[k + 1]]
+                    at += counts[k]
+                new = np.minimum(own_rows[c], 0.0) / scales[m]
+                col[starts[m]:starts[m + 1]] = new.astype(np.float64) - res[starts[m]:starts[m + 1]]
+                jac[:, i] = col / FD_STEP
+        return jac
+
+    def jacobian_by_columns(self, p: np.ndarray) -> np.ndarray:
+        """`jacobian` one parameter at a time (the direct form, kept for the test)."""
         base = self.terms(p)
         res = self.residuals(base)
         jac = np.zeros((res.size, 24))
