@@ -8,6 +8,8 @@ smoothly along its normals with a blurred texture, standing in for a fusion resu
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,7 @@ from recon.render import get_backend
 from recon.render.cuda import _mip_level, _missing_module_name
 from recon.render.views import render_mesh
 from recon.synth.cases import SolidTexture
+from recon.texture.bake import bake_texture
 from recon.types import Calibration, Inputs
 
 RES = 48
@@ -108,6 +111,39 @@ def test_refinement_reduces_loss_and_improves_psnr(case):
     assert after > before + 1.0, (before, after)
     assert out.vertices.shape == start.vertices.shape and out.texture.dtype == np.uint8
     assert np.array_equal(out.faces, start.faces) and np.array_equal(out.uv, start.uv)
+
+
+EXPOSURES = np.array([[0.8, 0.85, 0.9], [1.2, 1.15, 1.1], [1.0, 1.1, 0.9], [0.9, 1.0, 1.2], [1.25, 1.2, 1.2],
+                      [0.85, 0.8, 0.8]], np.float32)
+
+
+def _psnr_as_shown(mesh: TexturedMesh, inputs: Inputs, calib: Calibration) -> float:
+    """`_input_psnr` with each view's render multiplied by the gain in the mesh's texture info,
+    as quality.json compares a normalised texture with the views."""
+    backend = get_backend("cpu")
+    gains = np.asarray(mesh.info["texture"]["view_gains"], np.float32)
+    scores = []
+    for cam, image, mask, gain in zip(calib.cameras, inputs.images, inputs.masks, gains):
+        view = render_mesh(backend, cam, mesh.vertices, mesh.faces, mesh.uv, mesh.texture)
+        colour = np.where(view.mask[..., None], np.clip(view.color * gain, 0, 1), view.color)
+        scores.append(compare_view(colour, view.mask, np.where(mask[..., None], image, 1.0), mask)["psnr"])
+    return float(np.mean(scores))
+
+
+def test_refinement_fits_the_views_exposures_as_the_bake_normalised_them(case):
+    """Views shot at different exposures: the bake divides each view's gain out of the texture and
+    quality.json multiplies it back in. The refinement fits renders times those gains (not the
+    raw texture against the views), so the views, compared as quality.json does, are predicted
+    better than by the start, and the result's info carries the gains of its last bake."""
+    inputs, calib, start = case
+    exposed = replace(inputs, images=[np.clip(im * g, 0, 1) for im, g in zip(inputs.images, EXPOSURES)])
+    baked = bake_texture(start.vertices, start.faces, exposed, calib, texture_size=128, backend=get_backend("cpu"),
+                         uv=start.uv)
+    out = refine(baked, exposed, calib, backend=get_backend("cpu"), settings=_settings())
+    before, after = _psnr_as_shown(baked, exposed, calib), _psnr_as_shown(out, exposed, calib)
+    assert after > before + 1.0, (before, after)
+    ratio = np.asarray(out.info["texture"]["view_gains"]) / EXPOSURES  # gains are known up to a common level
+    np.testing.assert_allclose(ratio / ratio.mean(axis=0), 1.0, atol=0.1)
 
 
 def _coverage_error(mesh: TexturedMesh, inputs: Inputs, calib: Calibration) -> float:

@@ -20,7 +20,7 @@ from recon.mesh import TexturedMesh
 from recon.quality.gate import GateSettings, depth_agreement, gate_scores, structure_images, worst_status
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
-from recon.texture.photometric import ViewShading
+from recon.texture.photometric import ViewAppearance
 from recon.threads import VIEW_THREADS, map_in_threads, threads_for
 from recon.types import Calibration, Inputs
 
@@ -195,23 +195,22 @@ def quality_report(
     """
     diagonal = float(np.linalg.norm(np.ptp(np.asarray(mesh.vertices), axis=0)))
     gate = GateSettings()
-    gains = mesh.info.get("texture", {}).get("view_gains")  # recon.texture.photometric, when the bake solved them
-    shading = ViewShading.from_json(mesh.info.get("texture", {}).get("view_shading"))
+    appearance = ViewAppearance.from_info(mesh.info)  # recon.texture.photometric, when the bake solved it
 
     def measure_view(i: int) -> dict[str, Any]:
         camera = calibration.cameras[i]
         width, height = _render_size(camera.width, camera.height, max_resolution)
         k = max(1, int(supersample))
         view = render_mesh(backend, camera.at_resolution(width * k, height * k), mesh.vertices,
-                           mesh.faces, mesh.uv, mesh.texture, smooth_normals=shading is not None)
+                           mesh.faces, mesh.uv, mesh.texture,
+                           smooth_normals=appearance is not None and appearance.needs_normals)
         assert view.color is not None  # a TexturedMesh always has uv and a texture
         colour = block_mean(view.color, k)
         rendered_mask = block_mean(view.mask.astype(np.float32), k) >= 0.5
-        light = None if shading is None else shading.factor(i, block_mean(view.normal, k).reshape(-1, 3))
+        normals = block_mean(view.normal, k) if appearance is not None and appearance.needs_normals else None
         del view  # the supersampled buffers: freed before this view's comparisons allocate theirs
-        if gains is not None:  # the texture is normalised; this view's exposure/white balance (and key light)
-            appearance = np.float32(gains[i]) * (1.0 if light is None else light.reshape(height, width, 1))
-            colour = np.where(rendered_mask[..., None], np.clip(colour * appearance, 0, 1), colour)
+        if appearance is not None:  # the texture is normalised; this view's exposure/white balance (and key light)
+            colour = appearance.apply(i, colour, rendered_mask, normals)
         image = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
                             width, height)
         mask = area_resize(inputs.masks[i], width, height)

@@ -186,3 +186,49 @@ def solve_shading(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_po
     log_gain = log_gain + (np.linalg.norm(slope, axis=1) - np.einsum("vc,vc->v", slope, towards))[:, None]
     log_gain -= log_gain.mean(axis=0)
     return np.exp(log_gain), ViewShading(slope)
+
+
+@dataclass(frozen=True)
+class ViewAppearance:
+    """How a normalised texture looks in each input view: that view's RGB gain times its key
+    light (`ViewShading`), the two things the bake divided out. Everything that compares a
+    render of a baked texture with an input view (quality.json, the nvdiffrec engine's fit and
+    guard) multiplies them back in the same way."""
+
+    gains: np.ndarray  # (V, 3)
+    shading: ViewShading | None = None
+
+    @classmethod
+    def from_info(cls, info: dict) -> ViewAppearance | None:
+        """From a mesh's info (its "texture" entry, as `recon.texture.bake.bake_texture` writes
+        it); None when the bake did not normalise the views."""
+        texture = info.get("texture", {})
+        if texture.get("view_gains") is None:
+            return None
+        return cls(np.asarray(texture["view_gains"], np.float64), ViewShading.from_json(texture.get("view_shading")))
+
+    def to_info(self) -> dict:
+        """The texture info entries `from_info` reads."""
+        out: dict = {"view_gains": self.gains.round(5).tolist()}
+        if self.shading is not None:
+            out["view_shading"] = self.shading.to_json()
+        return out
+
+    @property
+    def needs_normals(self) -> bool:
+        return self.shading is not None
+
+    def factor(self, view: int, normals: np.ndarray | None) -> np.ndarray:
+        """(N, 3) float32 multipliers at unit `normals` (N, 3), or (1, 3) without shading."""
+        gain = self.gains[view].astype(np.float32)[None]
+        if self.shading is None or normals is None:
+            return gain
+        return gain * self.shading.factor(view, normals)[:, None]
+
+    def apply(self, view: int, colour: np.ndarray, shown: np.ndarray, normals: np.ndarray | None) -> np.ndarray:
+        """A render's `colour` (H, W, 3) as input view `view` shows it: multiplied (and clipped)
+        where the mesh is `shown` (H, W); `normals` (H, W, 3) where it has shading."""
+        height, width = shown.shape
+        factor = self.factor(view, None if normals is None else normals.reshape(-1, 3))
+        factor = factor.reshape(height, width, 3) if len(factor) > 1 else factor.reshape(1, 1, 3)
+        return np.where(shown[..., None], np.clip(colour * factor, 0, 1), colour)

@@ -136,7 +136,8 @@ def refine(
                 result = TexturedMesh(
                     params.welded(problem)[problem.weld].cpu().numpy().astype(np.float32),
                     np.asarray(mesh.faces, np.int32), np.asarray(mesh.uv, np.float32),
-                    (params.texture()[0] * 255.0 + 0.5).to(torch.uint8).cpu().numpy())
+                    (params.texture()[0] * 255.0 + 0.5).to(torch.uint8).cpu().numpy(),
+                    info={"texture": _texture_info(problem, {})})
             if not _beats_fallback(result, fallback, inputs, calibration, backend, guard, problem):
                 hooks.progress(1.0, "nvdiffrec done: fusion's result kept")
                 return _kept_fallback(fallback, problem, backend, started)
@@ -155,6 +156,7 @@ def refine(
         torch.set_num_threads(threads)
     elapsed = time.perf_counter() - started
     info = dict(mesh.info)
+    info["texture"] = _texture_info(problem, info.get("texture", {}))
     info["nvdiffrec"] = {
         "backend": backend.name,
         "iterations": total,
@@ -174,6 +176,13 @@ def refine(
         texture=out_tex,
         info=info,
     )
+
+
+def _texture_info(problem: Problem, texture: dict) -> dict:
+    """`texture` (a mesh's info["texture"]) with the appearance of the texture the refinement
+    ends with (its last bake's gains and key light), which quality.json multiplies back in."""
+    out = {k: v for k, v in texture.items() if k not in ("view_gains", "view_shading")}
+    return out if problem.appearance is None else {**out, **problem.appearance.to_info()}
 
 
 def _beats_fallback(result: TexturedMesh, fallback: TexturedMesh, inputs: Inputs, calibration: Calibration,

@@ -35,6 +35,7 @@ from recon.mesh import TexturedMesh
 from recon.quality.metrics import area_resize, block_mean, composite_over_white
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
+from recon.texture.photometric import ViewAppearance, ViewShading
 from recon.types import Calibration, Inputs
 
 
@@ -87,15 +88,16 @@ def held_out_score(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, smal
                      alphas=[None if a is None else a * ~held for a in small.alphas])
     bake = bake_colors(vertices, faces, uv, np.arange(len(vertices)), fitted, calibration, backend,
                        texture_size=config.texture_size)
+    appearance = ViewAppearance(np.asarray(bake.view_gains, np.float64), ViewShading.from_json(bake.view_shading))
     k = max(1, config.supersample)
     error, count = 0.0, 0
     for i, camera in enumerate(calibration.cameras):
         view = render_mesh(backend, camera.at_resolution(width * k, height * k), vertices, faces, uv,
-                           bake.texture)
+                           bake.texture, smooth_normals=appearance.needs_normals)
         assert view.color is not None
         colour = block_mean(view.color, k)
         shown = block_mean(view.mask.astype(np.float32), k) >= 0.5
-        colour = np.where(shown[..., None], np.clip(colour * np.asarray(bake.view_gains[i], np.float32), 0, 1), colour)
+        colour = appearance.apply(i, colour, shown, block_mean(view.normal, k) if appearance.needs_normals else None)
         target = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
                              width, height)
         region = (small.masks[i] | shown) & held
@@ -107,18 +109,24 @@ def held_out_score(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, smal
 def view_psnr(mesh: TexturedMesh, inputs: Inputs, calibration: Calibration, backend: RenderBackend,
               config: GuardConfig = GuardConfig()) -> float:
     """Object-pixel PSNR of `mesh` with its own texture over all views (pooled squared error),
-    rendered at min(view size, `view_long_side`) with `view_supersample`^2 samples per pixel."""
+    rendered at min(view size, `view_long_side`) with `view_supersample`^2 samples per pixel, each
+    view's render multiplied by the appearance in the mesh's info (its gains and key light, as
+    quality.json does: a normalised texture is not the photo's colours)."""
     width, height = inputs.image_size
     scale = min(1.0, config.view_long_side / max(width, height))
     width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    appearance = ViewAppearance.from_info(mesh.info)
+    shade = appearance is not None and appearance.needs_normals
     k = max(1, config.view_supersample)
     error, count = 0.0, 0
     for i, camera in enumerate(calibration.cameras):
         view = render_mesh(backend, camera.at_resolution(width * k, height * k), mesh.vertices, mesh.faces,
-                           mesh.uv, mesh.texture)
+                           mesh.uv, mesh.texture, smooth_normals=shade)
         assert view.color is not None
         colour = block_mean(view.color, k)
         shown = block_mean(view.mask.astype(np.float32), k) >= 0.5
+        if appearance is not None:
+            colour = appearance.apply(i, colour, shown, block_mean(view.normal, k) if shade else None)
         target = area_resize(composite_over_white(inputs.images[i], inputs.masks[i], inputs.alpha(i)),
                              width, height)
         region = area_resize(np.asarray(inputs.masks[i], bool), width, height) | shown

@@ -51,6 +51,9 @@ def joint_loss(
     uv = backend.interpolate(problem.uv, rast, tri)
     color = params.sample(backend, uv, s.filter_mode)
     color = color * params.gains()[:, None, None, :]
+    look = problem.appearance_factor(rast)  # the views' own exposure and light (photos)
+    if look is not None:
+        color = color * look
     cover = covered[..., None].to(color.dtype)
     shaded = backend.antialias(torch.cat([color * cover, cover], dim=-1), rast, pos, tri)
     depth = backend.interpolate(camera_depth(cams, verts), rast, tri)[..., 0]

@@ -17,6 +17,8 @@ from recon.inputs.coverage import background_colour, colour_coverage, outline_ba
 from recon.losses import MeshRegulariser
 from recon.mesh import TexturedMesh
 from recon.render.base import RenderBackend
+from recon.render.views import vertex_normals
+from recon.texture.photometric import ViewAppearance
 from recon.types import Calibration, Inputs
 
 
@@ -53,6 +55,35 @@ class Problem:
     eyes: torch.Tensor  # [6,3] camera positions
     holdout: bool = False  # hold out a checkerboard of pixel blocks from every fit (guard.py)
     stats: dict[str, Any] = field(default_factory=dict)
+    # the base texture's per-view gains and key light (recon.texture.photometric): a baked texture
+    # is normalised, so a render of it matches a view only once they are multiplied back in
+    appearance: ViewAppearance | None = None
+    light_normals: torch.Tensor | None = None  # [V,3] atlas vertex normals the key light is taken at
+
+    def set_appearance(self, appearance: ViewAppearance | None, vertices: np.ndarray) -> None:
+        """The appearance of a texture baked onto `vertices` (atlas vertices, [V,3])."""
+        self.appearance = appearance
+        self.light_normals = None
+        if appearance is not None and appearance.needs_normals:
+            faces = self.tri.cpu().numpy().astype(np.int64)
+            self.light_normals = torch.as_tensor(vertex_normals(np.asarray(vertices, np.float32), faces),
+                                                 device=self.device)
+
+    def appearance_factor(self, rast: torch.Tensor) -> torch.Tensor | None:
+        """Per view and pixel of `rast` ([6,H,W,4]) the multiplier that turns a render of the base
+        texture into the view's colours: [6,H,W,3], or [6,1,1,3] without key lights; None when the
+        texture is not normalised. The key light is taken at the normals of the geometry the
+        texture was baked on (the refinement moves vertices by a fraction of an edge)."""
+        if self.appearance is None:
+            return None
+        gains = torch.as_tensor(self.appearance.gains, dtype=torch.float32, device=self.device)[:, None, None, :]
+        if self.appearance.shading is None or self.light_normals is None:
+            return gains
+        normals = self.backend.interpolate(self.light_normals, rast, self.tri)
+        normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        slope = torch.as_tensor(self.appearance.shading.slope, dtype=torch.float32, device=self.device)
+        light = torch.exp((normals * slope[:, None, None, :]).sum(-1) - slope.norm(dim=1)[:, None, None])
+        return gains * light[..., None]
 
     def fitted_at(self, size: tuple[int, int]) -> torch.Tensor:
         """[1,H,W] bool at (H, W), rows bottom-up: the pixels the fit may use."""
@@ -206,6 +237,7 @@ def prepare(
         ),
         holdout=holdout,
     )
+    problem.set_appearance(ViewAppearance.from_info(mesh.info), np.asarray(mesh.vertices))
     texture = torch.as_tensor(np.asarray(mesh.texture), dtype=torch.float32, device=device) / 255.0
     size = settings.texture_size
     if size and size != texture.shape[0]:

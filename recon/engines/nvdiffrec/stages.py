@@ -17,6 +17,7 @@ from recon.hooks import Hooks
 from recon.losses import masked_mean, psnr, ssim_map
 from recon.mesh import TexturedMesh
 from recon.optim import Adam, run_stage
+from recon.texture.photometric import ViewAppearance
 
 
 def _optimise(
@@ -127,6 +128,9 @@ def _texture_stage(
         cover = F.avg_pool2d(hit[:, None], k)[:, 0]
         uv = backend.interpolate(problem.uv, rast, tri)
         gain = params.gains()[:, None, None, :]
+        look = problem.appearance_factor(rast)  # the views' own exposure and light (photos)
+        if look is not None:
+            gain = gain * look
         if s.texture_outline:  # quality.json's object pixels: either mask
             fit = (targets.mask > 0.5) | (cover >= 0.5)
         else:  # fully covered in both
@@ -197,6 +201,7 @@ def _rebake(problem: Problem, params: Params, mesh: TexturedMesh) -> None:
                          texture_size=size, backend=problem.backend, uv=np.asarray(mesh.uv))
     texture = torch.as_tensor(baked.texture, dtype=torch.float32, device=problem.device) / 255.0
     params.base = texture[None].contiguous()
+    problem.set_appearance(ViewAppearance.from_info(baked.info), verts)
     with torch.no_grad():
         params.residual.zero_()
     problem.stats["rebake_s"] = round(time.perf_counter() - started, 2)
