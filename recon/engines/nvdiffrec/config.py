@@ -144,7 +144,7 @@ class NvdiffrecConfig(EngineConfig):
     settings per device kind (e.g. RECON_NVDIFFREC__CPU__JOINT_ITERATIONS=100 in the service)."""
 
     name: ClassVar[str] = "nvdiffrec"
-    version: str = "1.9.2"
+    version: str = "1.10.0"
     base: FusionConfig = Field(default_factory=FusionConfig)
     cpu: NvdiffrecSettings = Field(default_factory=NvdiffrecSettings)
     cuda: CudaNvdiffrecSettings = Field(default_factory=CudaNvdiffrecSettings)
