@@ -22,6 +22,13 @@ rig one field of view, that together make the silhouettes agree:
   depend on it weakly and a joint fit stays where it starts. It is scanned instead
   (SCAN_FOVS, each registration warm-started from its neighbour's: a cold start at a wrong fov
   stalls in a worse minimum) and taken at the vertex of the parabola through the least misses.
+- Two strengths of prior: the scan and the first fit at the chosen fov keep turns and zooms
+  small (TURN_PRIOR, ZOOM_PRIOR), which is what keeps the fov determined (with weak priors the
+  zooms trade against it: a thin bowl's scan went to the end of the range). But photos are
+  zoomed apart by a few percent, and at the true cameras those priors alone cost more than the
+  misses of a worse registration (penguin photo: the true cameras' rim misses are a twentieth of
+  the fit's). So a last fit at the chosen fov (FINAL_PRIORS, FINAL_ITERATIONS) leaves the priors
+  only to break ties: each view takes its own zoom and turn.
 - Used only when the nominal rig's rim misses by more than REGISTER_BELOW and the registration
   halves the misses; clean renders keep the rig exactly.
 """
@@ -48,6 +55,7 @@ MAX_ITERATIONS = 15  # at the chosen fov
 LOCAL_STEPS = 6  # after the first search, each ray's best point is searched this many coarse steps around
 TURN_PRIOR = 0.003  # residual weight per radian of turn: decides only among equally good turns
 ZOOM_PRIOR = 0.03  # the same per unit of log zoom
+FINAL_ITERATIONS = 30  # the last fit, with FINAL_PRIORS
 FD_STEP = 1e-4  # finite-difference step (radians, log units)
 MAX_TURN_DEG = 8.0  # a registration that turns a view further is not a re-framing: rejected
 MAX_ZOOM = 0.2  # likewise for |log zoom|
@@ -256,28 +264,39 @@ class _Misses:
         return jac
 
 
-def _prior(p: np.ndarray) -> np.ndarray:
-    """Residuals of the priors: small turns, small zooms, zooms' mean at 1 (a hard gauge)."""
-    return np.concatenate([TURN_PRIOR * p[:18], ZOOM_PRIOR * p[18:24], [p[18:24].sum()]])
+@dataclass(frozen=True)
+class Priors:
+    """Residual weights per radian of turn and per unit of log zoom."""
+
+    turn: float = TURN_PRIOR
+    zoom: float = ZOOM_PRIOR
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        """Residuals of the priors: small turns, small zooms, zooms' mean at 1 (a hard gauge)."""
+        return np.concatenate([self.turn * p[:18], self.zoom * p[18:24], [p[18:24].sum()]])
+
+    def jacobian(self) -> np.ndarray:
+        jac = np.zeros((25, 24))
+        jac[np.arange(18), np.arange(18)] = self.turn
+        jac[np.arange(18, 24), np.arange(18, 24)] = self.zoom
+        jac[24, 18:24] = 1.0
+        return jac
 
 
-def _prior_jacobian() -> np.ndarray:
-    jac = np.zeros((25, 24))
-    jac[np.arange(18), np.arange(18)] = TURN_PRIOR
-    jac[np.arange(18, 24), np.arange(18, 24)] = ZOOM_PRIOR
-    jac[24, 18:24] = 1.0
-    return jac
+# the last fit's priors: ten (turns) and three hundred (zooms) times weaker, ties only
+FINAL_PRIORS = Priors(turn=3e-4, zoom=1e-4)
 
 
-def _fit(misses: _Misses, p: np.ndarray, iterations: int, hooks: Hooks) -> tuple[np.ndarray, float]:
+def _fit(misses: _Misses, p: np.ndarray, iterations: int, hooks: Hooks,
+         priors: Priors = Priors()) -> tuple[np.ndarray, float]:
     """Levenberg-Marquardt on misses + priors from p; returns the parameters and the cost.
 
     A trial step is judged with each ray's best point held (its misses can only shrink when the
     points are searched again), so only accepted steps pay for a search, and a local one.
     """
-    prior_jac = _prior_jacobian()
+    prior_jac = priors.jacobian()
     misses.search(p)
-    res = np.concatenate([misses(p), _prior(p)])
+    res = np.concatenate([misses(p), priors(p)])
     cost = float(res @ res)
     damping = 1e-3
     for _ in range(iterations):
@@ -288,11 +307,11 @@ def _fit(misses: _Misses, p: np.ndarray, iterations: int, hooks: Hooks) -> tuple
         accepted = converged = False
         while damping < 1e6:
             trial = p - np.linalg.solve(normal + damping * np.diag(np.diag(normal)), grad)
-            trial_res = np.concatenate([misses(trial), _prior(trial)])
+            trial_res = np.concatenate([misses(trial), priors(trial)])
             trial_cost = float(trial_res @ trial_res)
             if trial_cost < cost:
                 misses.search(trial, local=True)
-                trial_res = np.concatenate([misses(trial), _prior(trial)])
+                trial_res = np.concatenate([misses(trial), priors(trial)])
                 trial_cost = float(trial_res @ trial_res)
                 converged = abs(cost - trial_cost) < 1e-4 * cost
                 p, res, cost, damping, accepted = trial, trial_res, trial_cost, damping / 3, True
@@ -337,7 +356,9 @@ def register_views(rim: RimScorer, masks: list[np.ndarray], variant: RigVariant,
     costs = [fits[i][0] for i in range(len(SCAN_FOVS))]
     fov_fit = _vertex(list(SCAN_FOVS), costs)
     nearest = int(np.argmin(np.abs(np.array(SCAN_FOVS) - fov_fit)))
-    p, _ = _fit(_Misses(rim, variant, fov_fit), fits[nearest][1], MAX_ITERATIONS, hooks)
+    misses = _Misses(rim, variant, fov_fit)
+    p, _ = _fit(misses, fits[nearest][1], MAX_ITERATIONS, hooks)
+    p, _ = _fit(misses, p, FINAL_ITERATIONS, hooks, FINAL_PRIORS)
     turns, zooms = p[:18].reshape(6, 3), p[18:24]
     if (np.degrees(np.linalg.norm(turns, axis=1)).max() > MAX_TURN_DEG or np.abs(zooms).max() > MAX_ZOOM):
         return None
