@@ -42,6 +42,7 @@ from recon.calibration.register import (
     hull_box,
     quick_registration,
     register_views,
+    settle_fov,
 )
 from recon.calibration.rig import ALL_VARIANTS, SLOTS, Camera, RigVariant, rig_cameras
 from recon.calibration.rim import SEARCH_REACH, RimScorer
@@ -174,6 +175,11 @@ def calibrate(inputs: Inputs, hooks: Hooks = Hooks()) -> Calibration:
         assert c.fits is not None  # every contender is built with its fits above
         c.photo = photo_error(inputs, c.cameras(w, h), c.fits, normalise=off_rig) if len(contenders) > 1 else 0.0
     best = min(contenders, key=lambda c: (round(c.photo, 3), round(c.residual, 4), _deviations(c.variant)))
+    if best.registration is not None:  # the chosen registration's fov settled (register.py)
+        settled = settle_fov(rim, inputs.masks, replace(best.registration, variant=best.variant), hooks)
+        if settled.fov_deg != best.registration.fov_deg:
+            best.registration, best.fov, best.rim = settled, settled.fov_deg, settled.rim_after
+            best.fits, best.residual = precise_depth_fits(inputs, best.cameras(w, h))
     if best.registration is not None and best.fits is not None:
         # registered views fix the object's place only by centring (register.py), and the
         # hull's box overshoots over openings

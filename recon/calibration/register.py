@@ -62,6 +62,7 @@ TURN_PRIOR = 0.003  # residual weight per radian of turn: decides only among equ
 ZOOM_PRIOR = 0.03  # the same per unit of log zoom
 FINAL_ITERATIONS = 30  # the last fit, with FINAL_PRIORS
 SETTLE_STEPS = (2.0, 4.0)  # degrees either side of the scan's fov at which the last fit is repeated
+SETTLE_CONTRAST = 0.5  # a settled fov's cost is at most this share of the cost at the bracket's ends
 FD_STEP = 1e-4  # finite-difference step (radians, log units)
 MAX_TURN_DEG = 8.0  # a registration that turns a view further is not a re-framing: rejected
 MAX_ZOOM = 0.2  # likewise for |log zoom|
@@ -356,9 +357,10 @@ def _settle_fov(rim: RimScorer, variant: RigVariant, fov: float, cost: float, p:
                 hooks: Hooks) -> tuple[float, np.ndarray]:
     """The field of view re-chosen on the last fit's cost (module doc): `_last_fit` at fov +-
     SETTLE_STEPS, each side warm-started outward from `p`; when the least cost lies inside that
-    bracket, the vertex of the parabola through it and its neighbours (refitted there), else
-    `fov` as it is (a cost still falling at the bracket's end is a shape that leaves the fov
-    open, as a thin bowl's does)."""
+    bracket and is at most SETTLE_CONTRAST of the cost at either end, the vertex of the parabola
+    through it and its neighbours (refitted there), else `fov` as it is (a cost still falling
+    at the bracket's end is a shape that leaves the fov open, as a thin bowl's does; a flat one
+    is noise)."""
     found: dict[float, tuple[float, np.ndarray]] = {0.0: (cost, p)}
     for sign in (-1.0, 1.0):
         warm = p
@@ -366,8 +368,9 @@ def _settle_fov(rim: RimScorer, variant: RigVariant, fov: float, cost: float, p:
             found[sign * step] = _last_fit(rim, variant, _clamp_fov(fov + sign * step), warm, hooks)
             warm = found[sign * step][1]
     offsets = sorted(found)
-    best = int(np.argmin([found[o][0] for o in offsets]))
-    if best in (0, len(offsets) - 1):
+    costs = [found[o][0] for o in offsets]
+    best = int(np.argmin(costs))
+    if best in (0, len(offsets) - 1) or costs[best] > SETTLE_CONTRAST * min(costs[0], costs[-1]):
         return fov, p
     (o0, o1, o2) = offsets[best - 1:best + 2]
     c0, c1, c2 = (found[o][0] for o in (o0, o1, o2))
@@ -406,8 +409,7 @@ def register_views(rim: RimScorer, masks: list[np.ndarray], variant: RigVariant,
     costs = [fits[i][0] for i in range(len(SCAN_FOVS))]
     fov_fit = _vertex(list(SCAN_FOVS), costs)
     nearest = int(np.argmin(np.abs(np.array(SCAN_FOVS) - fov_fit)))
-    cost, p = _last_fit(rim, variant, fov_fit, fits[nearest][1], hooks)
-    fov_fit, p = _settle_fov(rim, variant, fov_fit, cost, p, hooks)
+    _, p = _last_fit(rim, variant, fov_fit, fits[nearest][1], hooks)
     turns, zooms = p[:18].reshape(6, 3), p[18:24]
     if (np.degrees(np.linalg.norm(turns, axis=1)).max() > MAX_TURN_DEG or np.abs(zooms).max() > MAX_ZOOM):
         return None
@@ -418,6 +420,27 @@ def register_views(rim: RimScorer, masks: list[np.ndarray], variant: RigVariant,
     shift = -hull_centre(masks, cams)
     return Registration(variant, fov_fit, turns, zooms, shift, before, rim(_corrected(
         rig_cameras(fov_fit, mw, mh, variant), turns, zooms, shift)))
+
+
+def settle_fov(rim: RimScorer, masks: list[np.ndarray], registration: Registration,
+               hooks: Hooks = Hooks()) -> Registration:
+    """`registration` at the field of view its last fit's cost prefers (`_settle_fov`), centred
+    again; itself when that fov is the one it has (or the re-fit turns a view too far). Paid
+    for the chosen candidate only: its fits cost as much as the rest of a registration."""
+    mh, mw = rim.masks[0].shape
+    variant, fov = registration.variant, registration.fov_deg
+    p = np.concatenate([registration.turns.ravel(), registration.log_zooms])
+    misses = _Misses(rim, variant, fov)
+    misses.search(p)
+    res = np.concatenate([misses(p), FINAL_PRIORS(p)])
+    settled, p = _settle_fov(rim, variant, fov, float(res @ res), p, hooks)
+    turns, zooms = p[:18].reshape(6, 3), p[18:24]
+    if settled == fov or (np.degrees(np.linalg.norm(turns, axis=1)).max() > MAX_TURN_DEG
+                          or np.abs(zooms).max() > MAX_ZOOM):
+        return registration
+    shift = -hull_centre(masks, _corrected(rig_cameras(settled, mw, mh, variant), turns, zooms, np.zeros(3)))
+    return Registration(variant, settled, turns, zooms, shift, registration.rim_before, rim(_corrected(
+        rig_cameras(settled, mw, mh, variant), turns, zooms, shift)))
 
 
 def quick_registration(rim: RimScorer, variant: RigVariant, hooks: Hooks = Hooks()) -> Registration:
