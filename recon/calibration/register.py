@@ -372,16 +372,13 @@ def _settle_fov(rim: RimScorer, variant: RigVariant, fov: float, cost: float, p:
     best = int(np.argmin(costs))
     if best in (0, len(offsets) - 1) or costs[best] > SETTLE_CONTRAST * min(costs[0], costs[-1]):
         return fov, p
-    (o0, o1, o2) = offsets[best - 1:best + 2]
-    c0, c1, c2 = (found[o][0] for o in (o0, o1, o2))
-    vertex = o1
-    if c0 - 2 * c1 + c2 > 0 and math.isclose(o1 - o0, o2 - o1):
-        vertex = float(np.clip(o1 + 0.5 * (o1 - o0) * (c0 - c2) / (c0 - 2 * c1 + c2), o0, o2))
+    vertex = _vertex(offsets, costs)  # the offsets are evenly spaced, as the scan's fovs
     if vertex == 0.0:
         return fov, p
-    settled, q = _last_fit(rim, variant, _clamp_fov(fov + vertex), found[o1][1], hooks)
-    if settled > found[o1][0]:  # the parabola missed: the best sample itself
-        return _clamp_fov(fov + o1), found[o1][1]
+    nearest = offsets[best]
+    settled, q = _last_fit(rim, variant, _clamp_fov(fov + vertex), found[nearest][1], hooks)
+    if settled > costs[best]:  # the parabola missed: the best sample itself
+        return _clamp_fov(fov + nearest), found[nearest][1]
     return _clamp_fov(fov + vertex), q
 
 

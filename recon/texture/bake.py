@@ -31,7 +31,7 @@ from recon.mesh import TexturedMesh
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
 from recon.texture.atlas import triangle_samples, unwrap
-from recon.texture.photometric import ViewShading, solve_gains, solve_shading
+from recon.texture.photometric import ViewAppearance, ViewShading, solve_gains, solve_shading
 from recon.threads import VIEW_THREADS, map_in_threads, threads_for
 from recon.types import Calibration, Inputs
 
@@ -64,6 +64,10 @@ class Bake:
     views_used: list[int]  # texels each view contributed to
     view_gains: list[list[float]]  # per view RGB gain the view's colours were divided by
     view_shading: list[list[float]] | None = None  # ViewShading.to_json (recon.texture.photometric), when the views were lit apart
+
+    def appearance(self) -> ViewAppearance:
+        """The gains and key lights this bake divided out, as renders of it multiply them back in."""
+        return ViewAppearance(np.asarray(self.view_gains, np.float64), ViewShading.from_json(self.view_shading))
 
 
 def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> AtlasRaster:

@@ -35,7 +35,7 @@ from recon.mesh import TexturedMesh
 from recon.quality.metrics import area_resize, block_mean, composite_over_white
 from recon.render.base import RenderBackend
 from recon.render.views import render_mesh
-from recon.texture.photometric import ViewAppearance, ViewShading
+from recon.texture.photometric import ViewAppearance
 from recon.types import Calibration, Inputs
 
 
@@ -88,7 +88,7 @@ def held_out_score(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, smal
                      alphas=[None if a is None else a * ~held for a in small.alphas])
     bake = bake_colors(vertices, faces, uv, np.arange(len(vertices)), fitted, calibration, backend,
                        texture_size=config.texture_size)
-    appearance = ViewAppearance(np.asarray(bake.view_gains, np.float64), ViewShading.from_json(bake.view_shading))
+    appearance = bake.appearance()
     k = max(1, config.supersample)
     error, count = 0.0, 0
     for i, camera in enumerate(calibration.cameras):
